@@ -1,0 +1,474 @@
+//! Configuration: a TOML file read with serde, with defaults and validation
+//! errors that name the key at fault.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Where the configuration is looked for when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "./config/confab.toml";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The XMPP domain this server serves.
+    pub domain: String,
+    /// Directory for the database, generated certificates and the admin socket.
+    pub data_dir: PathBuf,
+    pub listen: Listen,
+    /// Certificate and key; without them a self-signed pair is generated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<Tls>,
+    pub limits: Limits,
+    pub log: Log,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Listen {
+    /// Client connections with STARTTLS (RFC 6120).
+    pub c2s: Vec<String>,
+    /// Client connections with direct TLS (XEP-0368).
+    pub c2s_direct_tls: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest top-level element (stanza) accepted, in bytes.
+    pub max_stanza_bytes: usize,
+    /// Deepest element nesting accepted inside a stanza.
+    pub max_xml_depth: usize,
+    /// Seconds a connection may take from TCP accept to a bound resource.
+    pub negotiation_timeout_secs: u64,
+    /// Seconds of silence from a client after which the server pings it;
+    /// a client that stays silent for as long again is disconnected.
+    pub idle_timeout_secs: u64,
+    /// Sustained bytes per second read from one client connection; reading
+    /// pauses beyond it (a flood slows down, nobody else notices).
+    pub c2s_bytes_per_sec: usize,
+    /// Simultaneous connections from one IP address (0 = no limit).
+    pub max_connections_per_ip: usize,
+    /// Failed logins from one IP address answered normally before further
+    /// attempts are refused for a while.
+    pub auth_failures_per_ip: u32,
+    /// Failed logins for one account after which each further failure is
+    /// answered only after a delay.
+    pub auth_failures_per_account: u32,
+    /// Messages kept for one offline user; more are bounced.
+    pub max_offline_messages: usize,
+    /// Stanzas queued for one connection before it is considered stuck.
+    pub session_queue: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Log {
+    /// A tracing filter, e.g. "info" or "confab=debug".
+    pub level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            domain: "localhost".into(),
+            data_dir: PathBuf::from("./data"),
+            listen: Listen::default(),
+            tls: None,
+            limits: Limits::default(),
+            log: Log::default(),
+        }
+    }
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Listen {
+            c2s: vec!["127.0.0.1:5222".into()],
+            c2s_direct_tls: vec!["127.0.0.1:5223".into()],
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_stanza_bytes: 262_144,
+            max_xml_depth: 64,
+            negotiation_timeout_secs: 30,
+            idle_timeout_secs: 300,
+            c2s_bytes_per_sec: 262_144,
+            max_connections_per_ip: 0,
+            auth_failures_per_ip: 5,
+            auth_failures_per_account: 10,
+            max_offline_messages: 1000,
+            session_queue: 1024,
+        }
+    }
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log {
+            level: "info".into(),
+        }
+    }
+}
+
+/// A configuration error: which key, and what was expected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.key, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn err(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+impl Config {
+    /// Parse TOML text and validate it.
+    pub fn from_toml(text: &str) -> Result<Config, Vec<ConfigError>> {
+        let config: Config = toml::from_str(text).map_err(|e| vec![toml_error(&e, text)])?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Read a file, or the built-in defaults when `path` is None and the
+    /// default path does not exist. Returns the source used.
+    pub fn load(path: Option<&Path>) -> Result<(Config, Option<PathBuf>), Vec<ConfigError>> {
+        let path = match path {
+            Some(p) => Some(p.to_path_buf()),
+            None => {
+                let p = PathBuf::from(DEFAULT_CONFIG_PATH);
+                p.exists().then_some(p)
+            }
+        };
+        match path {
+            None => {
+                let c = Config::default();
+                c.validate()?;
+                Ok((c, None))
+            }
+            Some(p) => {
+                let text = std::fs::read_to_string(&p)
+                    .map_err(|e| vec![err("", format!("cannot read {}: {e}", p.display()))])?;
+                let c = Config::from_toml(&text).map_err(|errs| {
+                    errs.into_iter()
+                        .map(|mut e| {
+                            e.message = format!("{} (in {})", e.message, p.display());
+                            e
+                        })
+                        .collect::<Vec<_>>()
+                })?;
+                Ok((c, Some(p)))
+            }
+        }
+    }
+
+    /// Check every value; all problems are reported, not just the first.
+    pub fn validate(&self) -> Result<(), Vec<ConfigError>> {
+        let mut errors = Vec::new();
+        if let Err(e) = xmpp_parsers::jid::BareJid::new(&self.domain) {
+            errors.push(err(
+                "domain",
+                format!(
+                    "expected a domain name like \"example.com\", got {:?} ({e})",
+                    self.domain
+                ),
+            ));
+        } else if self.domain.contains('@') || self.domain.contains('/') || self.domain.is_empty() {
+            errors.push(err(
+                "domain",
+                format!(
+                    "expected a bare domain name like \"example.com\", got {:?}",
+                    self.domain
+                ),
+            ));
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            errors.push(err(
+                "data_dir",
+                "expected a directory path, got an empty string",
+            ));
+        }
+        for (key, list) in [
+            ("listen.c2s", &self.listen.c2s),
+            ("listen.c2s_direct_tls", &self.listen.c2s_direct_tls),
+        ] {
+            for (i, a) in list.iter().enumerate() {
+                if a.parse::<SocketAddr>().is_err() {
+                    errors.push(err(
+                        format!("{key}[{i}]"),
+                        format!("expected an IP address and port like \"0.0.0.0:5222\", got {a:?}"),
+                    ));
+                }
+            }
+        }
+        if self.listen.c2s.is_empty() && self.listen.c2s_direct_tls.is_empty() {
+            errors.push(err(
+                "listen",
+                "expected at least one address in c2s or c2s_direct_tls",
+            ));
+        }
+        if let Some(tls) = &self.tls {
+            for (key, p) in [("tls.cert", &tls.cert), ("tls.key", &tls.key)] {
+                if !p.is_file() {
+                    errors.push(err(
+                        key,
+                        format!(
+                            "expected a readable PEM file, {} does not exist",
+                            p.display()
+                        ),
+                    ));
+                }
+            }
+        }
+        let l = &self.limits;
+        let ranges: [(&str, u64, u64, u64); 10] = [
+            (
+                "limits.max_stanza_bytes",
+                l.max_stanza_bytes as u64,
+                10_000,
+                64 * 1024 * 1024,
+            ),
+            ("limits.max_xml_depth", l.max_xml_depth as u64, 8, 256),
+            (
+                "limits.negotiation_timeout_secs",
+                l.negotiation_timeout_secs,
+                1,
+                3600,
+            ),
+            ("limits.idle_timeout_secs", l.idle_timeout_secs, 5, 86_400),
+            (
+                "limits.c2s_bytes_per_sec",
+                l.c2s_bytes_per_sec as u64,
+                1024,
+                u64::MAX,
+            ),
+            (
+                "limits.max_connections_per_ip",
+                l.max_connections_per_ip as u64,
+                0,
+                u64::MAX,
+            ),
+            (
+                "limits.auth_failures_per_ip",
+                l.auth_failures_per_ip as u64,
+                1,
+                1_000_000,
+            ),
+            (
+                "limits.auth_failures_per_account",
+                l.auth_failures_per_account as u64,
+                1,
+                1_000_000,
+            ),
+            (
+                "limits.max_offline_messages",
+                l.max_offline_messages as u64,
+                0,
+                10_000_000,
+            ),
+            (
+                "limits.session_queue",
+                l.session_queue as u64,
+                16,
+                1_000_000,
+            ),
+        ];
+        for (key, v, min, max) in ranges {
+            if v < min || v > max {
+                let range = if max == u64::MAX {
+                    format!("at least {min}")
+                } else {
+                    format!("between {min} and {max}")
+                };
+                errors.push(err(
+                    key,
+                    format!("expected a whole number {range}, got {v}"),
+                ));
+            }
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            errors.push(err(
+                "log.level",
+                format!("expected a level (error, warn, info, debug, trace) or a filter like \"confab=debug\", got {:?}", self.log.level),
+            ));
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
+
+    pub fn c2s_addrs(&self) -> Vec<SocketAddr> {
+        self.listen
+            .c2s
+            .iter()
+            .filter_map(|a| a.parse().ok())
+            .collect()
+    }
+
+    pub fn c2s_direct_tls_addrs(&self) -> Vec<SocketAddr> {
+        self.listen
+            .c2s_direct_tls
+            .iter()
+            .filter_map(|a| a.parse().ok())
+            .collect()
+    }
+
+    pub fn negotiation_timeout(&self) -> Duration {
+        Duration::from_secs(self.limits.negotiation_timeout_secs)
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.limits.idle_timeout_secs)
+    }
+
+    /// The effective configuration as TOML (for `check-config`).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot print config: {e}\n"))
+    }
+}
+
+/// Turn a toml/serde error into one that names the key path.
+fn toml_error(e: &toml::de::Error, text: &str) -> ConfigError {
+    let msg = e.message().to_string();
+    let key = e
+        .span()
+        .and_then(|span| key_at(text, span.start))
+        .unwrap_or_default();
+    let (line, col) = e.span().map(|s| line_col(text, s.start)).unwrap_or((0, 0));
+    let message = if line > 0 {
+        format!("{msg} (line {line}, column {col})")
+    } else {
+        msg
+    };
+    err(key, message)
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before
+        .rsplit('\n')
+        .next()
+        .map(|l| l.chars().count() + 1)
+        .unwrap_or(1);
+    (line, col)
+}
+
+/// The dotted key path of the line at `offset`: the enclosing `[table]`
+/// plus the key on that line.
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    let offset = offset.min(text.len());
+    let mut table = String::new();
+    let mut line_start = 0;
+    for line in text.split_inclusive('\n') {
+        let end = line_start + line.len();
+        let trimmed = line.trim();
+        if trimmed.starts_with('[') {
+            table = trimmed
+                .trim_start_matches('[')
+                .split(']')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string();
+            if offset < end {
+                return Some(table);
+            }
+        } else if offset < end {
+            let key = trimmed.split('=').next().unwrap_or("").trim();
+            if key.is_empty() {
+                return (!table.is_empty()).then_some(table);
+            }
+            return Some(if table.is_empty() {
+                key.to_string()
+            } else {
+                format!("{table}.{key}")
+            });
+        }
+        line_start = end;
+    }
+    (!table.is_empty()).then_some(table)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Config::default();
+        c.validate().unwrap();
+        assert_eq!(c.domain, "localhost");
+        assert_eq!(c.c2s_addrs(), vec!["127.0.0.1:5222".parse().unwrap()]);
+    }
+
+    #[test]
+    fn example_config_parses() {
+        let text = include_str!("../config/confab.example.toml");
+        // The example names certificate files that do not exist here.
+        let config: Config = toml::from_str(text).unwrap();
+        assert_eq!(config.domain, "example.com");
+        assert_eq!(config.limits.max_stanza_bytes, 262_144);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let errs = Config::from_toml("domain = \"a.example\"\n[limits]\nmax_stanza_byte = 5\n")
+            .unwrap_err();
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].key, "limits.max_stanza_byte");
+        assert!(
+            errs[0].message.contains("unknown field"),
+            "{}",
+            errs[0].message
+        );
+    }
+
+    #[test]
+    fn bad_type_is_named() {
+        let errs = Config::from_toml("[limits]\nmax_stanza_bytes = \"big\"\n").unwrap_err();
+        assert_eq!(errs[0].key, "limits.max_stanza_bytes");
+    }
+
+    #[test]
+    fn bad_values_are_all_reported() {
+        let errs = Config::from_toml(
+            "domain = \"not a domain@\"\n[listen]\nc2s = [\"nonsense\"]\n[limits]\nmax_stanza_bytes = 10\n",
+        )
+        .unwrap_err();
+        let keys: Vec<_> = errs.iter().map(|e| e.key.as_str()).collect();
+        assert!(keys.contains(&"domain"), "{keys:?}");
+        assert!(keys.contains(&"listen.c2s[0]"), "{keys:?}");
+        assert!(keys.contains(&"limits.max_stanza_bytes"), "{keys:?}");
+    }
+}

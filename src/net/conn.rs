@@ -1,0 +1,304 @@
+//! One XML stream connection: the transport (plain TCP, then TLS), the
+//! limited stream reader, a read-rate limiter, and writes.
+//!
+//! Reading uses a buffer on the stack of a synchronous poll, fed straight to
+//! the parser, so an idle connection holds no read buffer at all; the
+//! parser's own scratch space is released whenever the peer has been
+//! drained at a stanza boundary.
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+
+use crate::sasl::ChannelBindings;
+use crate::xml::{self, Frame, ReadError, StreamReader};
+
+const READ_CHUNK: usize = 8192;
+/// How long one write may take before the peer is considered stuck.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub enum Transport {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+    /// Between taking the TCP stream out for the TLS handshake and putting
+    /// the TLS stream back.
+    Gone,
+}
+
+impl AsyncRead for Transport {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Transport::Gone => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
+        }
+    }
+}
+
+impl AsyncWrite for Transport {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Transport::Gone => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_flush(cx),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Transport::Gone => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Transport::Gone => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+/// Why reading stopped.
+#[derive(Debug)]
+pub enum ConnError {
+    Io(io::Error),
+    /// The peer closed the TCP connection.
+    Eof,
+    /// The peer sent something the stream cannot survive.
+    Xml(ReadError),
+}
+
+impl std::fmt::Display for ConnError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnError::Io(e) => write!(f, "I/O error: {e}"),
+            ConnError::Eof => f.write_str("connection closed by peer"),
+            ConnError::Xml(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// Token bucket over bytes read.
+struct RateLimit {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl RateLimit {
+    fn new(bytes_per_sec: usize, burst: usize) -> Self {
+        RateLimit {
+            rate: bytes_per_sec as f64,
+            burst: burst as f64,
+            tokens: burst as f64,
+            last: Instant::now(),
+        }
+    }
+
+    fn refill(&mut self) {
+        let now = Instant::now();
+        let dt = now.duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + dt * self.rate).min(self.burst);
+    }
+
+    /// How long to wait before reading again.
+    fn wait(&mut self) -> Option<Duration> {
+        self.refill();
+        (self.tokens < 0.0).then(|| Duration::from_secs_f64(-self.tokens / self.rate))
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.tokens -= n as f64;
+    }
+}
+
+pub struct XmlConn {
+    pub io: Transport,
+    pub peer: SocketAddr,
+    reader: StreamReader,
+    limits: xml::Limits,
+    frames: VecDeque<Frame>,
+    /// An error found after frames that are still queued.
+    pending_error: Option<ReadError>,
+    rate: RateLimit,
+}
+
+impl XmlConn {
+    pub fn new(
+        tcp: TcpStream,
+        peer: SocketAddr,
+        limits: xml::Limits,
+        bytes_per_sec: usize,
+    ) -> Self {
+        let _ = tcp.set_nodelay(true);
+        XmlConn {
+            io: Transport::Plain(tcp),
+            peer,
+            reader: StreamReader::new(limits),
+            limits,
+            frames: VecDeque::new(),
+            pending_error: None,
+            rate: RateLimit::new(
+                bytes_per_sec,
+                (bytes_per_sec * 2).max(limits.max_stanza_bytes * 2),
+            ),
+        }
+    }
+
+    /// Start parsing a new stream (after STARTTLS or SASL success).
+    pub fn reset_stream(&mut self) {
+        self.reader = StreamReader::new(self.limits);
+        self.frames.clear();
+        self.pending_error = None;
+    }
+
+    /// True when nothing beyond the last element has been received: used
+    /// before the TLS handshake to refuse injected plaintext.
+    pub fn is_drained(&self) -> bool {
+        self.frames.is_empty() && self.pending_error.is_none() && self.reader.is_at_boundary()
+    }
+
+    pub fn is_tls(&self) -> bool {
+        matches!(self.io, Transport::Tls(_))
+    }
+
+    /// TLS handshake on the current TCP stream.
+    pub async fn upgrade_tls(&mut self, config: Arc<rustls::ServerConfig>) -> io::Result<()> {
+        let Transport::Plain(tcp) = std::mem::replace(&mut self.io, Transport::Gone) else {
+            return Err(io::Error::other("TLS upgrade on a non-plain connection"));
+        };
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let tls = acceptor.accept(tcp).await?;
+        self.io = Transport::Tls(Box::new(tls));
+        self.reset_stream();
+        Ok(())
+    }
+
+    /// Negotiated TLS version and ALPN protocol, for the log.
+    pub fn tls_info(&self) -> Option<(String, Option<String>)> {
+        match &self.io {
+            Transport::Tls(s) => {
+                let c = s.get_ref().1;
+                Some((
+                    c.protocol_version()
+                        .map(|v| format!("{v:?}"))
+                        .unwrap_or_default(),
+                    c.alpn_protocol()
+                        .map(|p| String::from_utf8_lossy(p).into_owned()),
+                ))
+            }
+            _ => None,
+        }
+    }
+
+    /// Channel bindings available on this connection. tls-exporter is only
+    /// offered on TLS 1.3 (RFC 9266 §3: TLS 1.2 would need the extended
+    /// master secret, which rustls does not report).
+    pub fn channel_bindings(&self, server_end_point: &[u8]) -> ChannelBindings {
+        let Transport::Tls(s) = &self.io else {
+            return ChannelBindings::default();
+        };
+        let c = s.get_ref().1;
+        let exporter = if c.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3) {
+            c.export_keying_material([0u8; 32], b"EXPORTER-Channel-Binding", None)
+                .ok()
+                .map(|k| k.to_vec())
+        } else {
+            None
+        };
+        ChannelBindings {
+            tls_exporter: exporter,
+            tls_server_end_point: Some(server_end_point.to_vec()),
+        }
+    }
+
+    /// The next frame from the peer. Cancel-safe: bytes are only taken from
+    /// the socket inside a single poll and parsed at once.
+    pub async fn read_frame(&mut self) -> Result<Frame, ConnError> {
+        loop {
+            if let Some(f) = self.frames.pop_front() {
+                return Ok(f);
+            }
+            if let Some(e) = self.pending_error.take() {
+                return Err(ConnError::Xml(e));
+            }
+            if let Some(wait) = self.rate.wait() {
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+            let n = self.fill().await?;
+            if n == 0 {
+                return Err(ConnError::Eof);
+            }
+            self.rate.consume(n);
+        }
+    }
+
+    /// Read once from the socket and parse what came.
+    async fn fill(&mut self) -> Result<usize, ConnError> {
+        let io = &mut self.io;
+        let reader = &mut self.reader;
+        let frames = &mut self.frames;
+        let pending_error = &mut self.pending_error;
+        std::future::poll_fn(|cx| {
+            let mut buf = [0u8; READ_CHUNK];
+            let mut rb = ReadBuf::new(&mut buf);
+            match Pin::new(&mut *io).poll_read(cx, &mut rb) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Err(e)) => Poll::Ready(Err(ConnError::Io(e))),
+                Poll::Ready(Ok(())) => {
+                    let data = rb.filled();
+                    if data.is_empty() {
+                        return Poll::Ready(Ok(0));
+                    }
+                    if let Err(e) = reader.feed(data, frames) {
+                        *pending_error = Some(e);
+                    } else if data.len() < READ_CHUNK && reader.is_at_boundary() {
+                        // Drained at a boundary: the peer is likely idle now.
+                        reader.release_memory();
+                    }
+                    Poll::Ready(Ok(data.len()))
+                }
+            }
+        })
+        .await
+    }
+
+    /// Write bytes and flush them to the socket.
+    pub async fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
+        let fut = async {
+            self.io.write_all(data).await?;
+            self.io.flush().await
+        };
+        match tokio::time::timeout(WRITE_TIMEOUT, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "write timed out")),
+        }
+    }
+
+    /// Close the transport (TLS close_notify, TCP FIN), bounded in time.
+    pub async fn shutdown(&mut self) {
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.io.shutdown()).await;
+    }
+}

@@ -1,0 +1,4 @@
+//! Network: TLS setup, connections, listeners.
+
+pub mod conn;
+pub mod tls;

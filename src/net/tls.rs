@@ -1,0 +1,115 @@
+//! TLS: certificate loading, a self-signed certificate generated once into
+//! the data directory when none is configured, and the rustls server
+//! configurations (STARTTLS and direct TLS with ALPN `xmpp-client`).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::ServerConfig;
+use sha2::{Digest, Sha256};
+
+use crate::config::Config;
+
+pub struct TlsSetup {
+    /// For STARTTLS on the plain port.
+    pub starttls: Arc<ServerConfig>,
+    /// For direct TLS (XEP-0368), offering ALPN `xmpp-client`.
+    pub direct: Arc<ServerConfig>,
+    /// RFC 5929 tls-server-end-point data: SHA-256 of the leaf certificate.
+    pub server_end_point: Vec<u8>,
+    /// Where the certificate came from (for the log).
+    pub cert_path: PathBuf,
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Paths of the generated certificate for `domain` in `data_dir`.
+pub fn generated_paths(data_dir: &Path, domain: &str) -> (PathBuf, PathBuf) {
+    let dir = data_dir.join("tls");
+    (
+        dir.join(format!("{domain}.crt")),
+        dir.join(format!("{domain}.key")),
+    )
+}
+
+fn generate(domain: &str, cert_path: &Path, key_path: &Path) -> Result<(), String> {
+    let mut names = vec![domain.to_string()];
+    if domain != "localhost" {
+        names.push(format!("*.{domain}"));
+    }
+    let ck = rcgen::generate_simple_self_signed(names)
+        .map_err(|e| format!("cannot generate a certificate: {e}"))?;
+    if let Some(dir) = cert_path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    write_private(key_path, ck.signing_key.serialize_pem().as_bytes())?;
+    std::fs::write(cert_path, ck.cert.pem())
+        .map_err(|e| format!("cannot write {}: {e}", cert_path.display()))?;
+    tracing::info!(cert = %cert_path.display(), "generated a self-signed certificate");
+    Ok(())
+}
+
+fn write_private(path: &Path, data: &[u8]) -> Result<(), String> {
+    use std::io::Write;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    opts.mode(0o600);
+    let mut f = opts
+        .open(path)
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    f.write_all(data)
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+pub fn setup(config: &Config) -> Result<TlsSetup, String> {
+    let (cert_path, key_path) = match &config.tls {
+        Some(t) => (t.cert.clone(), t.key.clone()),
+        None => {
+            let (c, k) = generated_paths(&config.data_dir, &config.domain);
+            if !c.exists() || !k.exists() {
+                generate(&config.domain, &c, &k)?;
+            }
+            (c, k)
+        }
+    };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert_path)
+        .map_err(|e| format!("tls.cert: cannot read {}: {e}", cert_path.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("tls.cert: bad PEM in {}: {e}", cert_path.display()))?;
+    let Some(leaf) = certs.first() else {
+        return Err(format!(
+            "tls.cert: no certificate in {}",
+            cert_path.display()
+        ));
+    };
+    let server_end_point = Sha256::digest(leaf.as_ref()).to_vec();
+    let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|e| {
+        format!(
+            "tls.key: cannot read a private key from {}: {e}",
+            key_path.display()
+        )
+    })?;
+
+    let base = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| format!("TLS setup: {e}"))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("tls: certificate and key do not fit together: {e}"))?;
+    let mut direct = base.clone();
+    direct.alpn_protocols = vec![b"xmpp-client".to_vec()];
+    Ok(TlsSetup {
+        starttls: Arc::new(base),
+        direct: Arc::new(direct),
+        server_end_point,
+        cert_path,
+    })
+}

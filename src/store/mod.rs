@@ -1,0 +1,242 @@
+//! Storage: narrow async traits by concern, implemented for sled in
+//! `sled.rs`. Nothing outside this module knows which engine is behind them.
+//!
+//! Contract for every mutating call: when its future resolves `Ok`, the
+//! change is on disk (group-committed), so the caller may acknowledge it.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use xmpp_parsers::jid::BareJid;
+
+pub mod sled;
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreError(pub String);
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "storage error: {}", self.0)
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Salted SCRAM keys for one hash function (RFC 5802); never a password.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScramRecord {
+    pub iterations: u32,
+    pub salt: Vec<u8>,
+    pub stored_key: Vec<u8>,
+    pub server_key: Vec<u8>,
+}
+
+impl std::fmt::Debug for ScramRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ScramRecord(..)")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Account {
+    /// `user@domain`, normalised.
+    pub jid: String,
+    pub scram_sha1: ScramRecord,
+    pub scram_sha256: ScramRecord,
+    #[serde(default)]
+    pub disabled: bool,
+    /// Unix seconds.
+    pub created: i64,
+}
+
+pub trait AccountStore: Send + Sync {
+    /// Create an account; `Ok(false)` if it already exists.
+    fn create(&self, account: Account) -> BoxFuture<'_, StoreResult<bool>>;
+    fn get<'a>(&'a self, jid: &'a BareJid) -> BoxFuture<'a, StoreResult<Option<Account>>>;
+    /// Replace an existing account's record; `Ok(false)` if there is none.
+    fn update(&self, account: Account) -> BoxFuture<'_, StoreResult<bool>>;
+    /// Delete the account and everything stored for it.
+    fn delete<'a>(&'a self, jid: &'a BareJid) -> BoxFuture<'a, StoreResult<bool>>;
+    /// Accounts, optionally of one domain, sorted.
+    fn list<'a>(&'a self, domain: Option<&'a str>) -> BoxFuture<'a, StoreResult<Vec<String>>>;
+    /// Cheap existence check (used when routing).
+    fn exists(&self, jid: &BareJid) -> StoreResult<bool>;
+}
+
+/// Subscription state of a roster item (RFC 6121 §2.1.2.5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum Subscription {
+    #[default]
+    None,
+    To,
+    From,
+    Both,
+}
+
+impl Subscription {
+    /// The contact sees the user's presence.
+    pub fn has_from(self) -> bool {
+        matches!(self, Subscription::From | Subscription::Both)
+    }
+    /// The user sees the contact's presence.
+    pub fn has_to(self) -> bool {
+        matches!(self, Subscription::To | Subscription::Both)
+    }
+    pub fn with_from(self, on: bool) -> Self {
+        Self::make(self.has_to(), on)
+    }
+    pub fn with_to(self, on: bool) -> Self {
+        Self::make(on, self.has_from())
+    }
+    fn make(to: bool, from: bool) -> Self {
+        match (to, from) {
+            (false, false) => Subscription::None,
+            (true, false) => Subscription::To,
+            (false, true) => Subscription::From,
+            (true, true) => Subscription::Both,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Subscription::None => "none",
+            Subscription::To => "to",
+            Subscription::From => "from",
+            Subscription::Both => "both",
+        }
+    }
+}
+
+/// A contact in a user's roster, with the full RFC 6121 state
+/// (Appendix A: subscription, pending out, pending in, pre-approval).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct RosterItem {
+    /// Contact bare JID.
+    pub jid: String,
+    pub name: Option<String>,
+    pub groups: Vec<String>,
+    pub subscription: Subscription,
+    /// Pending out: the user asked for the contact's presence.
+    pub ask: bool,
+    /// Pending in: the contact asked for the user's presence; holds the
+    /// subscribe stanza so it can be shown again at the next login.
+    pub pending_in: Option<String>,
+    /// The user pre-approved a subscription request from the contact.
+    pub approved: bool,
+    /// Whether the item is in the user's roster. An inbound subscription
+    /// request alone keeps state here without adding the contact to the
+    /// roster (RFC 6121 §3.1.3).
+    pub listed: bool,
+}
+
+impl RosterItem {
+    pub fn new(jid: &str) -> Self {
+        RosterItem {
+            jid: jid.to_string(),
+            ..Default::default()
+        }
+    }
+
+    /// Nothing left worth keeping.
+    pub fn is_empty(&self) -> bool {
+        !self.listed
+            && self.subscription == Subscription::None
+            && !self.ask
+            && self.pending_in.is_none()
+            && !self.approved
+    }
+}
+
+pub trait RosterStore: Send + Sync {
+    /// Current roster version and all items (listed or not).
+    fn roster<'a>(
+        &'a self,
+        user: &'a BareJid,
+    ) -> BoxFuture<'a, StoreResult<(u64, Vec<RosterItem>)>>;
+    fn item<'a>(
+        &'a self,
+        user: &'a BareJid,
+        contact: &'a str,
+    ) -> BoxFuture<'a, StoreResult<Option<RosterItem>>>;
+    /// Write (or, if `item.is_empty()`, delete) an item; returns the new
+    /// roster version.
+    fn put_item<'a>(
+        &'a self,
+        user: &'a BareJid,
+        item: RosterItem,
+    ) -> BoxFuture<'a, StoreResult<u64>>;
+    fn version<'a>(&'a self, user: &'a BareJid) -> BoxFuture<'a, StoreResult<u64>>;
+}
+
+/// Result of storing an offline message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OfflinePush {
+    Stored,
+    /// The user's queue is at its limit.
+    Full,
+}
+
+pub trait OfflineStore: Send + Sync {
+    /// Queue a serialized stanza for `user`, unless `max` are queued already.
+    fn push<'a>(
+        &'a self,
+        user: &'a BareJid,
+        stanza: String,
+        max: usize,
+    ) -> BoxFuture<'a, StoreResult<OfflinePush>>;
+    /// All queued stanzas, oldest first, with their keys.
+    fn peek<'a>(&'a self, user: &'a BareJid) -> BoxFuture<'a, StoreResult<Vec<(u64, String)>>>;
+    /// Delete the given entries (after delivery).
+    fn remove<'a>(&'a self, user: &'a BareJid, keys: &'a [u64]) -> BoxFuture<'a, StoreResult<()>>;
+    fn count<'a>(&'a self, user: &'a BareJid) -> BoxFuture<'a, StoreResult<usize>>;
+}
+
+/// Small per-user documents: vCard, private XML, block list, settings.
+pub trait UserDataStore: Send + Sync {
+    fn get<'a>(
+        &'a self,
+        user: &'a BareJid,
+        key: &'a str,
+    ) -> BoxFuture<'a, StoreResult<Option<String>>>;
+    /// Set (`Some`) or delete (`None`).
+    fn put<'a>(
+        &'a self,
+        user: &'a BareJid,
+        key: &'a str,
+        value: Option<String>,
+    ) -> BoxFuture<'a, StoreResult<()>>;
+}
+
+/// Every store the server uses.
+#[derive(Clone)]
+pub struct Stores {
+    pub accounts: Arc<dyn AccountStore>,
+    pub rosters: Arc<dyn RosterStore>,
+    pub offline: Arc<dyn OfflineStore>,
+    pub userdata: Arc<dyn UserDataStore>,
+    /// Flush and close (on shutdown).
+    pub closer: Arc<dyn StoreCloser>,
+}
+
+pub trait StoreCloser: Send + Sync {
+    fn flush(&self) -> BoxFuture<'_, StoreResult<()>>;
+}
+
+impl Stores {
+    /// Open the default (sled) backend in `dir`.
+    pub fn open_sled(dir: &std::path::Path) -> StoreResult<Stores> {
+        let s = Arc::new(sled::SledStore::open(dir)?);
+        Ok(Stores {
+            accounts: s.clone(),
+            rosters: s.clone(),
+            offline: s.clone(),
+            userdata: s.clone(),
+            closer: s,
+        })
+    }
+}

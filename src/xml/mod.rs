@@ -1,0 +1,35 @@
+//! XML stream layer: a limited incremental reader and a serializer.
+
+pub mod reader;
+pub mod writer;
+
+pub use reader::{Frame, Limits, ReadError, StreamHeader, StreamReader};
+
+/// Namespaces used across the server.
+pub mod ns {
+    pub const XML: &str = "http://www.w3.org/XML/1998/namespace";
+    pub const STREAM: &str = "http://etherx.jabber.org/streams";
+    pub const CLIENT: &str = "jabber:client";
+    pub const STREAMS: &str = "urn:ietf:params:xml:ns:xmpp-streams";
+    pub const STANZAS: &str = "urn:ietf:params:xml:ns:xmpp-stanzas";
+    pub const TLS: &str = "urn:ietf:params:xml:ns:xmpp-tls";
+    pub const SASL: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
+    pub const BIND: &str = "urn:ietf:params:xml:ns:xmpp-bind";
+    pub const SESSION: &str = "urn:ietf:params:xml:ns:xmpp-session";
+    pub const ROSTER: &str = "jabber:iq:roster";
+    pub const ROSTERVER: &str = "urn:xmpp:features:rosterver";
+    pub const PREAPPROVAL: &str = "urn:xmpp:features:pre-approval";
+    pub const STREAM_LIMITS: &str = "urn:xmpp:stream-limits:0";
+    pub const SASL_CB: &str = "urn:xmpp:sasl-cb:0";
+    pub const DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
+    pub const DISCO_ITEMS: &str = "http://jabber.org/protocol/disco#items";
+    pub const PING: &str = "urn:xmpp:ping";
+    pub const VERSION: &str = "jabber:iq:version";
+    pub const TIME: &str = "urn:xmpp:time";
+    pub const VCARD: &str = "vcard-temp";
+    pub const PRIVATE: &str = "jabber:iq:private";
+    pub const BLOCKING: &str = "urn:xmpp:blocking";
+    pub const BLOCKING_ERRORS: &str = "urn:xmpp:blocking:errors";
+    pub const DELAY: &str = "urn:xmpp:delay";
+    pub const OFFLINE: &str = "msgoffline";
+}
