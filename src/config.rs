@@ -108,7 +108,7 @@ impl Default for Limits {
             idle_timeout_secs: 300,
             c2s_bytes_per_sec: 262_144,
             max_connections_per_ip: 0,
-            auth_failures_per_ip: 5,
+            auth_failures_per_ip: 20,
             auth_failures_per_account: 10,
             max_offline_messages: 1000,
             session_queue: 1024,

@@ -4,9 +4,15 @@
 //! negotiation → session task → router → modules / local sessions.
 //! See ARCHITECTURE.md.
 
+pub mod admin;
+pub mod auth;
+pub mod c2s;
 pub mod config;
+pub mod modules;
 pub mod net;
+pub mod router;
 pub mod sasl;
+pub mod server;
 pub mod sessions;
 pub mod stanza;
 pub mod store;

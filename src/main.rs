@@ -1,1 +1,217 @@
-fn main() {}
+//! The `confab` command: run the server, manage accounts, check the config.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use confab::admin::{self, Request};
+use confab::config::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "confab",
+    version,
+    about = "Confab: an XMPP server for companies"
+)]
+struct Cli {
+    /// Configuration file. Default: ./config/confab.toml if it exists,
+    /// otherwise built-in defaults (domain localhost, data in ./data).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server until SIGTERM or Ctrl-C (then every stream is closed
+    /// with <system-shutdown/> and the store flushed).
+    Serve,
+    /// Manage accounts. Works whether or not the server runs: through its
+    /// admin socket when it does, on the store directly when it does not.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Print the effective configuration, or what is wrong with it (exit 1).
+    CheckConfig,
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Create an account. The password is read from stdin when not given.
+    Add {
+        jid: String,
+        password: Option<String>,
+    },
+    /// Delete an account and everything stored for it; its sessions end.
+    Del { jid: String },
+    /// Set a new password. Read from stdin when not given.
+    Passwd {
+        jid: String,
+        password: Option<String>,
+    },
+    /// List accounts, optionally of one domain.
+    List { domain: Option<String> },
+}
+
+fn init_logging(config: &Config) {
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| config.log.level.clone());
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn load_config(path: Option<&std::path::Path>) -> Result<(Config, Option<PathBuf>), ExitCode> {
+    Config::load(path).map_err(|errs| {
+        for e in errs {
+            eprintln!("config error: {e}");
+        }
+        ExitCode::from(1)
+    })
+}
+
+fn read_password() -> Result<String, String> {
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprint!("Password: ");
+        let _ = std::io::stderr().flush();
+    }
+    let mut line = String::new();
+    stdin
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| format!("cannot read the password: {e}"))?;
+    let p = line.trim_end_matches(['\r', '\n']).to_string();
+    if p.is_empty() {
+        return Err("no password given".into());
+    }
+    Ok(p)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (config, source) = match load_config(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match cli.command {
+        Command::CheckConfig => {
+            match &source {
+                Some(p) => println!("# configuration from {}", p.display()),
+                None => println!("# no configuration file: built-in defaults"),
+            }
+            print!("{}", config.to_toml());
+            ExitCode::SUCCESS
+        }
+        Command::Serve => {
+            init_logging(&config);
+            serve(config).await
+        }
+        Command::User { command } => {
+            init_logging(&Config {
+                log: confab::config::Log {
+                    level: "warn".into(),
+                },
+                ..config.clone()
+            });
+            let req = match command {
+                UserCommand::Add { jid, password } => {
+                    match password.map(Ok).unwrap_or_else(read_password) {
+                        Ok(password) => Request::UserAdd { jid, password },
+                        Err(e) => return fail(&e),
+                    }
+                }
+                UserCommand::Del { jid } => Request::UserDel { jid },
+                UserCommand::Passwd { jid, password } => {
+                    match password.map(Ok).unwrap_or_else(read_password) {
+                        Ok(password) => Request::UserPasswd { jid, password },
+                        Err(e) => return fail(&e),
+                    }
+                }
+                UserCommand::List { domain } => Request::UserList { domain },
+            };
+            user_command(&config, req).await
+        }
+    }
+}
+
+fn fail(msg: &str) -> ExitCode {
+    eprintln!("error: {msg}");
+    ExitCode::from(1)
+}
+
+async fn user_command(config: &Config, req: Request) -> ExitCode {
+    let resp = match admin::send(&config.data_dir, &req).await {
+        Ok(Some(r)) => r,
+        Ok(None) => {
+            // No server running: use the store directly.
+            let stores = match confab::store::Stores::open_sled(&config.data_dir) {
+                Ok(s) => s,
+                Err(e) => return fail(&e.0),
+            };
+            let r = admin::execute(&stores, &config.domain, None, req.clone()).await;
+            let _ = stores.closer.flush().await;
+            r
+        }
+        Err(e) => return fail(&format!("cannot reach the running server: {e}")),
+    };
+    if !resp.ok {
+        return fail(resp.error.as_deref().unwrap_or("failed"));
+    }
+    match req {
+        Request::UserList { .. } => {
+            for u in resp.users {
+                println!("{u}");
+            }
+        }
+        Request::UserAdd { jid, .. } => println!("created {jid}"),
+        Request::UserDel { jid } => println!("deleted {jid}"),
+        Request::UserPasswd { jid, .. } => println!("password changed for {jid}"),
+    }
+    ExitCode::SUCCESS
+}
+
+async fn serve(config: Config) -> ExitCode {
+    let handle = match confab::server::ServerHandle::start(config).await {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    wait_for_signal().await;
+    handle.shutdown().await;
+    ExitCode::SUCCESS
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -40,11 +40,15 @@ pub fn is_error(el: &Element) -> bool {
     stanza_type(el) == "error"
 }
 
+/// An address attribute that is not a valid JID.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BadJid;
+
 /// Parse an address attribute. `Ok(None)` if absent.
-pub fn jid_attr(el: &Element, name: &str) -> Result<Option<Jid>, ()> {
+pub fn jid_attr(el: &Element, name: &str) -> Result<Option<Jid>, BadJid> {
     match el.attr(name) {
         None => Ok(None),
-        Some(s) => Jid::new(s).map(Some).map_err(|_| ()),
+        Some(s) => Jid::new(s).map(Some).map_err(|_| BadJid),
     }
 }
 

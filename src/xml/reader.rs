@@ -560,16 +560,17 @@ mod tests {
 
     #[test]
     fn restricted_constructs() {
-        for bad in [
-            "<!DOCTYPE foo [<!ENTITY a 'aaaa'>]><stream:stream xmlns:stream='http://etherx.jabber.org/streams'>",
-        ] {
-            let mut r = StreamReader::new(Limits::default());
-            let err = feed_all(&mut r, bad.as_bytes()).unwrap_err();
-            assert!(
-                matches!(err, ReadError::RestrictedXml(_) | ReadError::NotWellFormed(_)),
-                "{bad}: {err:?}"
-            );
-        }
+        let doctype = "<!DOCTYPE foo [<!ENTITY a 'aaaa'>]><stream:stream \
+                       xmlns:stream='http://etherx.jabber.org/streams'>";
+        let mut r = StreamReader::new(Limits::default());
+        let err = feed_all(&mut r, doctype.as_bytes()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ReadError::RestrictedXml(_) | ReadError::NotWellFormed(_)
+            ),
+            "{err:?}"
+        );
         for bad in ["<?foo bar?>", "<!-- hi -->", "<message>&lol;</message>"] {
             let mut r = StreamReader::new(Limits::default());
             let doc = format!("{HEADER}{bad}");

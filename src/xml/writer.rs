@@ -55,9 +55,13 @@ fn write_head(el: &Element, parent_ns: &str, out: &mut Vec<u8>) {
     out.push(b'<');
     out.extend_from_slice(el.name().as_bytes());
     let ns = el.ns();
+    write_attrs(el, &ns, parent_ns, out);
+}
+
+fn write_attrs(el: &Element, ns: &str, parent_ns: &str, out: &mut Vec<u8>) {
     if ns != parent_ns {
         out.extend_from_slice(b" xmlns='");
-        escape_attr(&ns, out);
+        escape_attr(ns, out);
         out.push(b'\'');
     }
     let mut prefix_no = 0u32;
@@ -120,6 +124,34 @@ pub fn write_element(el: &Element, parent_ns: &str, out: &mut Vec<u8>) {
             }
         }
     }
+}
+
+/// Serialize a stream-level element in the streams namespace
+/// (`<stream:features>`, `<stream:error>`) with the `stream:` prefix that
+/// every client expects; its children are written as usual.
+pub fn write_stream_element(el: &Element, out: &mut Vec<u8>) {
+    if el.ns() != ns::STREAM {
+        write_element(el, ns::CLIENT, out);
+        return;
+    }
+    out.extend_from_slice(b"<stream:");
+    out.extend_from_slice(el.name().as_bytes());
+    // The default namespace stays jabber:client inside.
+    write_attrs(el, ns::CLIENT, ns::CLIENT, out);
+    if el.nodes().next().is_none() {
+        out.extend_from_slice(b"/>");
+        return;
+    }
+    out.push(b'>');
+    for node in el.nodes() {
+        match node {
+            Node::Text(t) => escape_text(t, out),
+            Node::Element(child) => write_element(child, ns::CLIENT, out),
+        }
+    }
+    out.extend_from_slice(b"</stream:");
+    out.extend_from_slice(el.name().as_bytes());
+    out.push(b'>');
 }
 
 /// Serialize a top-level element of a `jabber:client` stream.

@@ -1,0 +1,241 @@
+//! Administration shared by the command line and the running server.
+//!
+//! sled allows one process per database, so while the server runs, the
+//! `confab user …` commands talk to it over a Unix socket in the data
+//! directory (`confab.sock`, mode 0600: only the server's own OS user may
+//! use it); when no server runs they open the store directly. Both paths
+//! run the same `execute`.
+//!
+//! Protocol: one JSON request per line, one JSON response per line.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use xmpp_parsers::jid::BareJid;
+use xmpp_parsers::stream_error::DefinedCondition as SC;
+
+use crate::modules::Event;
+use crate::server::Ctx;
+use crate::store::Stores;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    UserAdd { jid: String, password: String },
+    UserDel { jid: String },
+    UserPasswd { jid: String, password: String },
+    UserList { domain: Option<String> },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub users: Vec<String>,
+}
+
+impl Response {
+    fn ok() -> Self {
+        Response {
+            ok: true,
+            error: None,
+            users: Vec::new(),
+        }
+    }
+    fn err(e: impl Into<String>) -> Self {
+        Response {
+            ok: false,
+            error: Some(e.into()),
+            users: Vec::new(),
+        }
+    }
+}
+
+pub fn socket_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("confab.sock")
+}
+
+pub fn remove_socket(data_dir: &Path) {
+    let _ = std::fs::remove_file(socket_path(data_dir));
+}
+
+/// A JID of this server's domain with a user part.
+fn account(jid: &str, domain: &str) -> Result<BareJid, String> {
+    let j = BareJid::new(jid).map_err(|e| format!("{jid:?} is not a valid JID: {e}"))?;
+    let Some(node) = j.node() else {
+        return Err(format!("{jid:?} has no user part (expected user@{domain})"));
+    };
+    if j.domain().as_str() != domain {
+        return Err(format!("{jid:?} is not in this server's domain {domain}"));
+    }
+    crate::auth::account_jid(node.as_str(), domain)
+        .ok_or_else(|| format!("{jid:?} is not a valid account name"))
+}
+
+fn check_password(p: &str) -> Result<(), String> {
+    if p.is_empty() {
+        return Err("the password is empty".into());
+    }
+    if p.len() > 1024 {
+        return Err("the password is longer than 1024 bytes".into());
+    }
+    Ok(())
+}
+
+/// Run one admin request. `ctx` is the running server, if any (to end
+/// the sessions of a deleted account).
+pub async fn execute(
+    stores: &Stores,
+    domain: &str,
+    ctx: Option<&Arc<Ctx>>,
+    req: Request,
+) -> Response {
+    let r: Result<Response, String> = async {
+        match req {
+            Request::UserAdd { jid, password } => {
+                let j = account(&jid, domain)?;
+                check_password(&password)?;
+                let acc = crate::auth::new_account(&j, &password).map_err(|_| {
+                    "the password contains characters SASLprep does not allow".to_string()
+                })?;
+                if !stores
+                    .accounts
+                    .create(acc)
+                    .await
+                    .map_err(|e| e.to_string())?
+                {
+                    return Err(format!("{j} already exists"));
+                }
+                tracing::info!(jid = %j, "account created");
+                Ok(Response::ok())
+            }
+            Request::UserDel { jid } => {
+                let j = account(&jid, domain)?;
+                if let Some(ctx) = ctx {
+                    for r in ctx.sessions.resources(&j) {
+                        r.mailbox.close(SC::NotAuthorized, "account deleted");
+                    }
+                }
+                if !stores
+                    .accounts
+                    .delete(&j)
+                    .await
+                    .map_err(|e| e.to_string())?
+                {
+                    return Err(format!("{j} does not exist"));
+                }
+                if let Some(ctx) = ctx {
+                    ctx.registry.emit(ctx, Event::UserDeleted { jid: &j }).await;
+                }
+                tracing::info!(jid = %j, "account deleted");
+                Ok(Response::ok())
+            }
+            Request::UserPasswd { jid, password } => {
+                let j = account(&jid, domain)?;
+                check_password(&password)?;
+                let mut acc = stores
+                    .accounts
+                    .get(&j)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .ok_or_else(|| format!("{j} does not exist"))?;
+                crate::auth::set_password(&mut acc, &password).map_err(|_| {
+                    "the password contains characters SASLprep does not allow".to_string()
+                })?;
+                stores
+                    .accounts
+                    .update(acc)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                tracing::info!(jid = %j, "password changed");
+                Ok(Response::ok())
+            }
+            Request::UserList { domain: d } => {
+                let users = stores
+                    .accounts
+                    .list(d.as_deref())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(Response {
+                    users,
+                    ..Response::ok()
+                })
+            }
+        }
+    }
+    .await;
+    r.unwrap_or_else(Response::err)
+}
+
+/// Serve the admin socket of a running server.
+pub async fn serve(ctx: Arc<Ctx>) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let path = socket_path(&ctx.config.data_dir);
+    // A socket left by a server that did not stop cleanly: nobody listens
+    // on it (the store lock guarantees no other server runs here).
+    let _ = std::fs::remove_file(&path);
+    let listener = tokio::net::UnixListener::bind(&path)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let ctx = ctx.clone();
+            tokio::spawn(async move {
+                let (r, mut w) = stream.into_split();
+                let mut lines = BufReader::new(r.take(64 * 1024)).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let resp = match serde_json::from_str::<Request>(&line) {
+                        Ok(req) => execute(&ctx.stores, &ctx.domain, Some(&ctx), req).await,
+                        Err(e) => Response::err(format!("bad request: {e}")),
+                    };
+                    let mut out = serde_json::to_vec(&resp).unwrap_or_default();
+                    out.push(b'\n');
+                    if w.write_all(&out).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    }))
+}
+
+use tokio::io::AsyncReadExt;
+
+/// Send a request to a running server. `Ok(None)` when no server listens.
+pub async fn send(data_dir: &Path, req: &Request) -> std::io::Result<Option<Response>> {
+    let path = socket_path(data_dir);
+    let stream = match tokio::net::UnixStream::connect(&path).await {
+        Ok(s) => s,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Ok(None)
+        }
+        Err(e) => return Err(e),
+    };
+    let (r, mut w) = stream.into_split();
+    let mut line = serde_json::to_vec(req).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    w.write_all(&line).await?;
+    let mut lines = BufReader::new(r).lines();
+    match lines.next_line().await? {
+        Some(l) => serde_json::from_str(&l)
+            .map(Some)
+            .map_err(std::io::Error::other),
+        None => Err(std::io::Error::other(
+            "the server closed the admin connection",
+        )),
+    }
+}

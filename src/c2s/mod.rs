@@ -1,0 +1,53 @@
+//! Client-to-server streams: negotiation (STARTTLS, SASL, bind) and the
+//! session loop.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpStream;
+use xmpp_parsers::jid::{BareJid, FullJid};
+
+use crate::net::conn::XmlConn;
+use crate::server::Ctx;
+
+mod negotiate;
+mod session;
+
+/// Per-session state the router and presence logic need.
+pub struct ClientState {
+    pub full: FullJid,
+    pub bare: BareJid,
+    /// Session id in the registry (distinguishes a replaced session).
+    pub id: u64,
+    /// `xml:lang` of the stream, stamped on stanzas that have none.
+    pub lang: Option<String>,
+    /// Whether the resource has sent available presence.
+    pub available: bool,
+    pub priority: i8,
+    /// Entities that got directed presence from this session; they get
+    /// unavailable presence when it ends (RFC 6121 §4.6.3).
+    pub directed: HashSet<String>,
+}
+
+/// Serve one accepted TCP connection until it ends.
+pub async fn serve(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr, direct_tls: bool) {
+    let conn = XmlConn::new(tcp, peer, ctx.limits, ctx.config.limits.c2s_bytes_per_sec);
+    if let Some((conn, bound)) = negotiate::run(&ctx, conn, direct_tls).await {
+        session::run(ctx, conn, bound).await;
+    }
+}
+
+/// Helper used by both phases: send the stream error and close.
+pub(crate) async fn close_with_error(
+    conn: &mut XmlConn,
+    cond: xmpp_parsers::stream_error::DefinedCondition,
+    text: Option<&str>,
+) {
+    let el = crate::stanza::stream_error(cond, text);
+    let mut out = Vec::new();
+    crate::xml::writer::write_stream_element(&el, &mut out);
+    out.extend_from_slice(crate::xml::writer::STREAM_CLOSE);
+    let _ = conn.write_all(&out).await;
+    conn.shutdown().await;
+}

@@ -1,0 +1,650 @@
+//! Stream negotiation (RFC 6120 §4–§7): stream headers, STARTTLS (required
+//! before SASL), SASL, resource binding. Bounded as a whole by
+//! `limits.negotiation_timeout_secs`.
+
+use std::sync::Arc;
+
+use base64::Engine;
+use minidom::Element;
+use xmpp_parsers::jid::{BareJid, FullJid, ResourcePart};
+use xmpp_parsers::stream_error::DefinedCondition as SC;
+
+use super::ClientState;
+use crate::net::conn::{ConnError, XmlConn};
+use crate::sasl::scram::{ScramHash, ScramServer};
+use crate::sasl::{plain, ChannelBindings};
+use crate::server::Ctx;
+use crate::sessions::{self, Inbox};
+use crate::stanza::{self, element, random_id, Kind};
+use crate::xml::{ns, writer, Frame, ReadError, StreamHeader};
+
+/// A successfully bound session, ready for the session loop.
+pub struct Bound {
+    pub state: ClientState,
+    pub inbox: Inbox,
+}
+
+/// How negotiation ended without a session.
+pub(crate) enum Fail {
+    /// Send this stream error, then close.
+    Stream(SC, String),
+    /// The peer is gone; just close.
+    Closed,
+}
+
+fn fail(cond: SC, text: &str) -> Fail {
+    Fail::Stream(cond, text.to_string())
+}
+
+/// The stream error for a read problem.
+pub(crate) fn read_failure(e: ConnError) -> Fail {
+    match e {
+        ConnError::Eof | ConnError::Io(_) => Fail::Closed,
+        ConnError::Xml(x) => {
+            let cond = match &x {
+                ReadError::NotWellFormed(_) => SC::NotWellFormed,
+                ReadError::RestrictedXml(_) => SC::RestrictedXml,
+                ReadError::UnsupportedEncoding => SC::UnsupportedEncoding,
+                ReadError::BadNamespacePrefix => SC::BadNamespacePrefix,
+                ReadError::PolicyViolation(_) => SC::PolicyViolation,
+            };
+            Fail::Stream(cond, x.to_string())
+        }
+    }
+}
+
+/// Most failed SASL attempts allowed on one stream (RFC 6120 §6.4.5).
+const MAX_SASL_ATTEMPTS: u32 = 5;
+/// Largest SASL payload accepted (decoded).
+const MAX_SASL_BYTES: usize = 4096;
+
+struct Negotiation {
+    header_sent: bool,
+    stream_id: String,
+    lang: Option<String>,
+    authed: Option<BareJid>,
+    sasl_failures: u32,
+    /// Channel bindings of the TLS connection (set once TLS is up).
+    bindings: ChannelBindings,
+}
+
+/// Negotiate a client stream. Returns the connection and the bound session,
+/// or `None` when the stream ended (errors already sent).
+pub async fn run(ctx: &Arc<Ctx>, mut conn: XmlConn, direct_tls: bool) -> Option<(XmlConn, Bound)> {
+    let mut neg = Negotiation {
+        header_sent: false,
+        stream_id: String::new(),
+        lang: None,
+        authed: None,
+        sasl_failures: 0,
+        bindings: ChannelBindings::default(),
+    };
+    let mut shutdown = ctx.shutdown_signal();
+    let timeout = ctx.config.negotiation_timeout();
+    let outcome = tokio::select! {
+        r = tokio::time::timeout(timeout, neg.negotiate(ctx, &mut conn, direct_tls)) => match r {
+            Ok(r) => r,
+            Err(_) => Err(fail(SC::ConnectionTimeout, "stream negotiation took too long")),
+        },
+        _ = crate::server::shutdown_requested(&mut shutdown) => Err(fail(SC::SystemShutdown, "server shutting down")),
+    };
+    match outcome {
+        Ok(bound) => Some((conn, bound)),
+        Err(Fail::Stream(cond, text)) => {
+            tracing::debug!(peer = %conn.peer, condition = %cond, %text, "stream error during negotiation");
+            if matches!(conn.io, crate::net::conn::Transport::Gone) {
+                return None;
+            }
+            if !neg.header_sent {
+                neg.send_header(ctx, &mut conn, None).await;
+            }
+            super::close_with_error(&mut conn, cond, Some(&text)).await;
+            None
+        }
+        Err(Fail::Closed) => {
+            conn.shutdown().await;
+            None
+        }
+    }
+}
+
+impl Negotiation {
+    async fn send_header(&mut self, ctx: &Ctx, conn: &mut XmlConn, to: Option<&str>) {
+        self.stream_id = random_id(12);
+        let lang = self.lang.clone().unwrap_or_else(|| "en".into());
+        let h = writer::stream_header(&ctx.domain, to, &self.stream_id, ns::CLIENT, &lang);
+        self.header_sent = true;
+        let _ = conn.write_all(&h).await;
+    }
+
+    async fn send(&self, conn: &mut XmlConn, el: &Element) -> Result<(), Fail> {
+        let mut out = Vec::with_capacity(256);
+        writer::write_stream_element(el, &mut out);
+        conn.write_all(&out).await.map_err(|_| Fail::Closed)
+    }
+
+    async fn next_element(&self, conn: &mut XmlConn) -> Result<Element, Fail> {
+        match conn.read_frame().await {
+            Ok(Frame::Element(el)) => Ok(el),
+            Ok(Frame::Close) => Err(Fail::Closed),
+            Ok(Frame::Header(_)) => Err(fail(SC::NotWellFormed, "unexpected stream header")),
+            Err(e) => Err(read_failure(e)),
+        }
+    }
+
+    /// Validate the peer's stream header and answer with ours.
+    async fn accept_header(&mut self, ctx: &Ctx, conn: &mut XmlConn) -> Result<(), Fail> {
+        self.header_sent = false;
+        let h: StreamHeader = match conn.read_frame().await {
+            Ok(Frame::Header(h)) => h,
+            Ok(_) => return Err(fail(SC::NotWellFormed, "expected a stream header")),
+            Err(e) => return Err(read_failure(e)),
+        };
+        if h.lang.is_some() {
+            self.lang = h.lang.clone();
+        }
+        let reply_to = h
+            .from
+            .as_deref()
+            .filter(|f| xmpp_parsers::jid::Jid::new(f).is_ok());
+        self.send_header(ctx, conn, reply_to).await;
+        if h.element_ns != ns::STREAM || h.element_name != "stream" {
+            return Err(fail(
+                SC::InvalidNamespace,
+                "the stream element must be {http://etherx.jabber.org/streams}stream",
+            ));
+        }
+        if h.default_ns.as_deref() != Some(ns::CLIENT) {
+            return Err(fail(
+                SC::InvalidNamespace,
+                "this port serves the jabber:client namespace",
+            ));
+        }
+        let version_ok = h
+            .version
+            .as_deref()
+            .and_then(|v| v.split_once('.'))
+            .is_some_and(|(major, minor)| major == "1" && minor.parse::<u32>().is_ok());
+        if !version_ok {
+            return Err(fail(
+                SC::UnsupportedVersion,
+                "only XMPP 1.0 streams are supported",
+            ));
+        }
+        let to_ok =
+            h.to.as_deref()
+                .and_then(|t| BareJid::new(t).ok())
+                .is_some_and(|t| t.node().is_none() && t.domain().as_str() == ctx.domain);
+        if !to_ok {
+            return Err(fail(
+                SC::HostUnknown,
+                "this server does not serve that domain",
+            ));
+        }
+        Ok(())
+    }
+
+    fn limits_element(ctx: &Ctx) -> Element {
+        let mut l = Element::bare("limits", ns::STREAM_LIMITS);
+        let mut mb = Element::bare("max-bytes", ns::STREAM_LIMITS);
+        mb.append_text(ctx.config.limits.max_stanza_bytes.to_string());
+        l.append_child(mb);
+        let mut idle = Element::bare("idle-seconds", ns::STREAM_LIMITS);
+        idle.append_text(ctx.config.limits.idle_timeout_secs.to_string());
+        l.append_child(idle);
+        l
+    }
+
+    fn mechanisms(&self) -> Vec<&'static str> {
+        let mut m = Vec::new();
+        if self.bindings.any() {
+            m.push(ScramHash::Sha256.mechanism(true));
+            m.push(ScramHash::Sha1.mechanism(true));
+        }
+        m.push(ScramHash::Sha256.mechanism(false));
+        m.push(ScramHash::Sha1.mechanism(false));
+        m.push("PLAIN");
+        m
+    }
+
+    fn features(&self, ctx: &Ctx, conn: &XmlConn) -> Element {
+        let mut f = Element::bare("features", ns::STREAM);
+        if !conn.is_tls() {
+            let mut st = Element::bare("starttls", ns::TLS);
+            st.append_child(Element::bare("required", ns::TLS));
+            f.append_child(st);
+        } else if self.authed.is_none() {
+            let mut mechs = Element::bare("mechanisms", ns::SASL);
+            for m in self.mechanisms() {
+                let mut e = Element::bare("mechanism", ns::SASL);
+                e.append_text(m);
+                mechs.append_child(e);
+            }
+            f.append_child(mechs);
+            if self.bindings.any() {
+                // XEP-0440: which channel-binding types can be used.
+                let mut cb = Element::bare("sasl-channel-binding", ns::SASL_CB);
+                for t in self.bindings.types() {
+                    cb.append_child(element("channel-binding", ns::SASL_CB, &[("type", t)]));
+                }
+                f.append_child(cb);
+            }
+        } else {
+            f.append_child(Element::bare("bind", ns::BIND));
+            let mut session = Element::bare("session", ns::SESSION);
+            session.append_child(Element::bare("optional", ns::SESSION));
+            f.append_child(session);
+            f.append_child(Element::bare("ver", ns::ROSTERVER));
+            f.append_child(Element::bare("sub", ns::PREAPPROVAL));
+        }
+        f.append_child(Self::limits_element(ctx));
+        f
+    }
+
+    async fn negotiate(
+        &mut self,
+        ctx: &Arc<Ctx>,
+        conn: &mut XmlConn,
+        direct_tls: bool,
+    ) -> Result<Bound, Fail> {
+        if direct_tls {
+            self.start_tls(ctx, conn, true).await?;
+        }
+        loop {
+            self.accept_header(ctx, conn).await?;
+            let features = self.features(ctx, conn);
+            self.send(conn, &features).await?;
+            if !conn.is_tls() {
+                self.await_starttls(ctx, conn).await?;
+            } else if self.authed.is_none() {
+                self.await_sasl(ctx, conn).await?;
+            } else {
+                return self.await_bind(ctx, conn).await;
+            }
+        }
+    }
+
+    async fn start_tls(&mut self, ctx: &Ctx, conn: &mut XmlConn, direct: bool) -> Result<(), Fail> {
+        let config = if direct {
+            ctx.tls.direct.clone()
+        } else {
+            ctx.tls.starttls.clone()
+        };
+        if let Err(e) = conn.upgrade_tls(config).await {
+            tracing::debug!(peer = %conn.peer, error = %e, "TLS handshake failed");
+            return Err(Fail::Closed);
+        }
+        self.bindings = conn.channel_bindings(&ctx.tls.server_end_point);
+        if let Some((version, alpn)) = conn.tls_info() {
+            tracing::debug!(peer = %conn.peer, %version, alpn = ?alpn, direct, "TLS established");
+        }
+        Ok(())
+    }
+
+    async fn await_starttls(&mut self, ctx: &Ctx, conn: &mut XmlConn) -> Result<(), Fail> {
+        let el = self.next_element(conn).await?;
+        if el.is("starttls", ns::TLS) {
+            if !conn.is_drained() {
+                // Data after <starttls/> before <proceed/>: plaintext that
+                // would be read as if it came over TLS (CVE-2011-0411).
+                self.send(conn, &Element::bare("failure", ns::TLS)).await?;
+                let _ = conn.write_all(writer::STREAM_CLOSE).await;
+                return Err(Fail::Closed);
+            }
+            self.send(conn, &Element::bare("proceed", ns::TLS)).await?;
+            return self.start_tls(ctx, conn, false).await;
+        }
+        if Kind::of(&el).is_some() {
+            return Err(fail(SC::NotAuthorized, "stanzas before authentication"));
+        }
+        Err(fail(
+            SC::PolicyViolation,
+            "STARTTLS is required on this server",
+        ))
+    }
+
+    async fn await_sasl(&mut self, ctx: &Arc<Ctx>, conn: &mut XmlConn) -> Result<(), Fail> {
+        loop {
+            let el = self.next_element(conn).await?;
+            if el.is("auth", ns::SASL) {
+                if let Some(jid) = self.sasl(ctx, conn, &el).await? {
+                    self.authed = Some(jid);
+                    conn.reset_stream();
+                    return Ok(());
+                }
+                self.sasl_failures += 1;
+                if self.sasl_failures >= MAX_SASL_ATTEMPTS {
+                    return Err(fail(
+                        SC::PolicyViolation,
+                        "too many failed authentication attempts",
+                    ));
+                }
+                continue;
+            }
+            if el.is("abort", ns::SASL) {
+                self.send(conn, &sasl_failure("aborted", None)).await?;
+                continue;
+            }
+            if Kind::of(&el).is_some() {
+                return Err(fail(SC::NotAuthorized, "stanzas before authentication"));
+            }
+            return Err(fail(
+                SC::UnsupportedStanzaType,
+                "expected SASL authentication",
+            ));
+        }
+    }
+
+    /// One SASL exchange. `Ok(Some(jid))` on success, `Ok(None)` after a
+    /// failure was sent.
+    async fn sasl(
+        &mut self,
+        ctx: &Arc<Ctx>,
+        conn: &mut XmlConn,
+        auth: &Element,
+    ) -> Result<Option<BareJid>, Fail> {
+        let ip = conn.peer.ip();
+        let mech = auth.attr("mechanism").unwrap_or("").to_string();
+        if ctx.throttle.ip_blocked(ip) {
+            tracing::warn!(%ip, mechanism = %mech, "login refused: too many failures from this address");
+            self.send(
+                conn,
+                &sasl_failure(
+                    "temporary-auth-failure",
+                    Some("too many failed attempts; try again later"),
+                ),
+            )
+            .await?;
+            return Ok(None);
+        }
+        let initial = match decode_sasl(&auth.text()) {
+            Ok(d) => d,
+            Err(cond) => {
+                self.send(conn, &sasl_failure(cond, None)).await?;
+                return Ok(None);
+            }
+        };
+        let outcome = if mech == "PLAIN" {
+            self.sasl_plain(ctx, conn, initial).await?
+        } else if let Some((hash, plus)) = ScramHash::from_mechanism(&mech) {
+            if plus && !self.bindings.any() {
+                self.send(conn, &sasl_failure("invalid-mechanism", None))
+                    .await?;
+                return Ok(None);
+            }
+            self.sasl_scram(ctx, conn, hash, plus, initial).await?
+        } else {
+            self.send(conn, &sasl_failure("invalid-mechanism", None))
+                .await?;
+            return Ok(None);
+        };
+        match outcome {
+            SaslOutcome::Success(jid, data) => {
+                let account = ctx.stores.accounts.get(&jid).await.ok().flatten();
+                if account.is_some_and(|a| a.disabled) {
+                    tracing::warn!(%ip, jid = %jid, "login refused: account disabled");
+                    self.send(conn, &sasl_failure("account-disabled", None))
+                        .await?;
+                    return Ok(None);
+                }
+                ctx.throttle.success(jid.as_str());
+                tracing::info!(%ip, jid = %jid, mechanism = %mech, "login");
+                let mut success = Element::bare("success", ns::SASL);
+                if let Some(d) = data {
+                    success.append_text(base64::engine::general_purpose::STANDARD.encode(d));
+                }
+                self.send(conn, &success).await?;
+                Ok(Some(jid))
+            }
+            SaslOutcome::Failure(cond, user) => {
+                tracing::warn!(%ip, user = user.as_deref().unwrap_or("-"), mechanism = %mech, condition = cond, "failed login");
+                let slowed = user
+                    .as_deref()
+                    .is_some_and(|u| ctx.throttle.account_slowed(u));
+                ctx.throttle.failure(ip, user.as_deref());
+                if slowed {
+                    tokio::time::sleep(crate::auth::ACCOUNT_DELAY).await;
+                }
+                self.send(conn, &sasl_failure(cond, None)).await?;
+                Ok(None)
+            }
+            SaslOutcome::Aborted => {
+                self.send(conn, &sasl_failure("aborted", None)).await?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Send a challenge and read the client's response.
+    async fn challenge(&self, conn: &mut XmlConn, data: &[u8]) -> Result<Response, Fail> {
+        let mut c = Element::bare("challenge", ns::SASL);
+        if !data.is_empty() {
+            c.append_text(base64::engine::general_purpose::STANDARD.encode(data));
+        }
+        self.send(conn, &c).await?;
+        let el = self.next_element(conn).await?;
+        if el.is("abort", ns::SASL) {
+            return Ok(Response::Abort);
+        }
+        if !el.is("response", ns::SASL) {
+            return Err(fail(SC::UnsupportedStanzaType, "expected a SASL response"));
+        }
+        Ok(match decode_sasl(&el.text()) {
+            Ok(d) => Response::Data(d.unwrap_or_default()),
+            Err(cond) => Response::Bad(cond),
+        })
+    }
+
+    async fn sasl_plain(
+        &self,
+        ctx: &Arc<Ctx>,
+        conn: &mut XmlConn,
+        initial: Option<Vec<u8>>,
+    ) -> Result<SaslOutcome, Fail> {
+        let data = match initial {
+            Some(d) => d,
+            None => match self.challenge(conn, b"").await? {
+                Response::Data(d) => d,
+                Response::Bad(cond) => return Ok(SaslOutcome::Failure(cond, None)),
+                Response::Abort => return Ok(SaslOutcome::Aborted),
+            },
+        };
+        let msg = match plain::parse(&data) {
+            Ok(m) => m,
+            Err(e) => return Ok(SaslOutcome::Failure(e.condition(), None)),
+        };
+        let Some(jid) = crate::auth::account_jid(&msg.authcid, &ctx.domain) else {
+            return Ok(SaslOutcome::Failure("not-authorized", None));
+        };
+        let user = Some(jid.to_string());
+        if let Some(z) = &msg.authzid {
+            if BareJid::new(z).ok().as_ref() != Some(&jid) {
+                return Ok(SaslOutcome::Failure("invalid-authzid", user));
+            }
+        }
+        let account = ctx.stores.accounts.get(&jid).await.ok().flatten();
+        let ok = account.is_some_and(|a| {
+            crate::auth::credentials(ScramHash::Sha256, &a.scram_sha256)
+                .verify_password(&msg.password)
+        });
+        Ok(if ok {
+            SaslOutcome::Success(jid, None)
+        } else {
+            SaslOutcome::Failure("not-authorized", user)
+        })
+    }
+
+    async fn sasl_scram(
+        &self,
+        ctx: &Arc<Ctx>,
+        conn: &mut XmlConn,
+        hash: ScramHash,
+        plus: bool,
+        initial: Option<Vec<u8>>,
+    ) -> Result<SaslOutcome, Fail> {
+        let mut scram = ScramServer::new(hash, plus, self.bindings.any(), self.bindings.clone());
+        let first = match initial {
+            Some(d) => d,
+            None => match self.challenge(conn, b"").await? {
+                Response::Data(d) => d,
+                Response::Bad(cond) => return Ok(SaslOutcome::Failure(cond, None)),
+                Response::Abort => return Ok(SaslOutcome::Aborted),
+            },
+        };
+        let cf = match scram.client_first(&first) {
+            Ok(cf) => cf,
+            Err(e) => return Ok(SaslOutcome::Failure(e.condition(), None)),
+        };
+        let jid = crate::auth::account_jid(&cf.username, &ctx.domain);
+        let account = match &jid {
+            Some(j) => ctx.stores.accounts.get(j).await.ok().flatten(),
+            None => None,
+        };
+        let creds = account.as_ref().map(|a| match hash {
+            ScramHash::Sha1 => crate::auth::credentials(hash, &a.scram_sha1),
+            ScramHash::Sha256 => crate::auth::credentials(hash, &a.scram_sha256),
+        });
+        let server_first = scram.server_first(creds.as_ref());
+        let user = jid.as_ref().map(|j| j.to_string());
+        let fin = match self.challenge(conn, &server_first).await? {
+            Response::Data(d) => d,
+            Response::Bad(cond) => return Ok(SaslOutcome::Failure(cond, user)),
+            Response::Abort => return Ok(SaslOutcome::Aborted),
+        };
+        match scram.client_final(&fin) {
+            Ok(server_final) => {
+                let Some(jid) = jid.filter(|_| account.is_some()) else {
+                    return Ok(SaslOutcome::Failure("not-authorized", user));
+                };
+                if let Some(z) = &cf.authzid {
+                    if BareJid::new(z).ok().as_ref() != Some(&jid) {
+                        return Ok(SaslOutcome::Failure("invalid-authzid", user));
+                    }
+                }
+                Ok(SaslOutcome::Success(jid, Some(server_final)))
+            }
+            Err(e) => Ok(SaslOutcome::Failure(e.condition(), user)),
+        }
+    }
+
+    async fn await_bind(&mut self, ctx: &Arc<Ctx>, conn: &mut XmlConn) -> Result<Bound, Fail> {
+        let Some(bare) = self.authed.clone() else {
+            return Err(fail(SC::InternalServerError, "not authenticated"));
+        };
+        loop {
+            let el = self.next_element(conn).await?;
+            let is_bind = el.is("iq", ns::CLIENT)
+                && el.attr("type") == Some("set")
+                && el.has_child("bind", ns::BIND);
+            if !is_bind {
+                if Kind::of(&el).is_some() {
+                    return Err(fail(
+                        SC::NotAuthorized,
+                        "bind a resource before sending stanzas",
+                    ));
+                }
+                return Err(fail(SC::UnsupportedStanzaType, "expected resource binding"));
+            }
+            let id = el.attr("id").unwrap_or("").to_string();
+            let requested = el
+                .get_child("bind", ns::BIND)
+                .and_then(|b| b.get_child("resource", ns::BIND))
+                .map(|r| r.text())
+                .filter(|r| !r.trim().is_empty());
+            let resource = match requested {
+                None => format!("confab-{}", random_id(6)),
+                Some(r) => r,
+            };
+            let full: FullJid = match ResourcePart::new(&resource) {
+                Ok(r) => bare.with_resource(&r),
+                Err(_) => {
+                    let err = stanza::simple_error(
+                        xmpp_parsers::stanza_error::DefinedCondition::BadRequest,
+                        Some("invalid resource"),
+                    );
+                    if let Some(reply) = stanza::error_reply(&el, err) {
+                        self.send(conn, &reply).await?;
+                    }
+                    continue;
+                }
+            };
+            let id_no = ctx.sessions.next_id();
+            let (mailbox, inbox) = sessions::mailbox(id_no, ctx.config.limits.session_queue);
+            if let Some(old) = ctx.sessions.bind(full.clone(), mailbox) {
+                old.close(
+                    SC::Conflict,
+                    "replaced by a new connection with the same resource",
+                );
+            }
+            let mut result = element("iq", ns::CLIENT, &[("type", "result"), ("id", &id)]);
+            let mut b = Element::bare("bind", ns::BIND);
+            let mut j = Element::bare("jid", ns::BIND);
+            j.append_text(full.as_str());
+            b.append_child(j);
+            result.append_child(b);
+            if self.send(conn, &result).await.is_err() {
+                ctx.sessions.unbind(&full, id_no);
+                return Err(Fail::Closed);
+            }
+            tracing::debug!(jid = %full, "resource bound");
+            return Ok(Bound {
+                state: ClientState {
+                    bare: bare.clone(),
+                    full,
+                    id: id_no,
+                    lang: self.lang.clone(),
+                    available: false,
+                    priority: 0,
+                    directed: Default::default(),
+                },
+                inbox,
+            });
+        }
+    }
+}
+
+enum Response {
+    Data(Vec<u8>),
+    Bad(&'static str),
+    Abort,
+}
+
+enum SaslOutcome {
+    Success(BareJid, Option<Vec<u8>>),
+    /// Condition and, when known, the account tried.
+    Failure(&'static str, Option<String>),
+    Aborted,
+}
+
+/// Decode the text of `<auth>`/`<response>`: `None` for no data, empty for
+/// `=` (RFC 6120 §6.4.2).
+fn decode_sasl(text: &str) -> Result<Option<Vec<u8>>, &'static str> {
+    let t = text.trim();
+    if t.is_empty() {
+        return Ok(None);
+    }
+    if t == "=" {
+        return Ok(Some(Vec::new()));
+    }
+    if t.len() > MAX_SASL_BYTES * 4 / 3 + 4 {
+        return Err("malformed-request");
+    }
+    base64::engine::general_purpose::STANDARD
+        .decode(t)
+        .map(Some)
+        .map_err(|_| "incorrect-encoding")
+}
+
+fn sasl_failure(cond: &str, text: Option<&str>) -> Element {
+    let mut f = Element::bare("failure", ns::SASL);
+    f.append_child(Element::bare(cond, ns::SASL));
+    if let Some(t) = text {
+        let mut te = element("text", ns::SASL, &[]);
+        if let Ok(n) = rxml::NcName::try_from("lang") {
+            te.attrs_mut().insert(rxml::Namespace::XML, n, "en".into());
+        }
+        te.append_text(t);
+        f.append_child(te);
+    }
+    f
+}

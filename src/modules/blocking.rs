@@ -1,0 +1,270 @@
+//! Blocking command (XEP-0191): a per-user block list; stanzas between a
+//! user and a blocked JID are stopped in both directions by the filters.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use minidom::Element;
+use xmpp_parsers::jid::{BareJid, Jid};
+use xmpp_parsers::stanza_error::{DefinedCondition as Cond, ErrorType};
+
+use super::{Filter, IqHandler, IqRequest, IqResult, IqType, Point, Registry, Target, Verdict};
+use crate::server::Ctx;
+use crate::sessions::Interest;
+use crate::stanza::{self, element, random_id, simple_error, stanza_type, Kind};
+use crate::store::BoxFuture;
+use crate::xml::ns;
+
+const KEY: &str = "blocklist";
+
+pub fn register(r: &mut Registry) {
+    let m = Arc::new(Blocking::default());
+    r.server_feature(ns::BLOCKING);
+    r.iq(ns::BLOCKING, false, true, m.clone());
+    r.filter(Point::Outbound, Arc::new(OutboundFilter(m.clone())));
+    r.filter(Point::Deliver, Arc::new(DeliverFilter(m)));
+}
+
+/// Block lists, cached in memory (read on every stanza, rarely written).
+#[derive(Default)]
+struct Blocking {
+    cache: RwLock<HashMap<BareJid, Arc<Vec<String>>>>,
+}
+
+impl Blocking {
+    async fn list(&self, ctx: &Ctx, user: &BareJid) -> Arc<Vec<String>> {
+        if let Some(l) = self.cache.read().ok().and_then(|c| c.get(user).cloned()) {
+            return l;
+        }
+        let list: Vec<String> = ctx
+            .stores
+            .userdata
+            .get(user, KEY)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .unwrap_or_default();
+        let list = Arc::new(list);
+        if let Ok(mut c) = self.cache.write() {
+            if c.len() > 100_000 {
+                c.clear();
+            }
+            c.insert(user.clone(), list.clone());
+        }
+        list
+    }
+
+    async fn save(&self, ctx: &Ctx, user: &BareJid, list: Vec<String>) -> Result<(), ()> {
+        let json = serde_json::to_string(&list).map_err(|_| ())?;
+        ctx.stores
+            .userdata
+            .put(user, KEY, Some(json))
+            .await
+            .map_err(|e| tracing::error!(error = %e, "block list storage failed"))?;
+        if let Ok(mut c) = self.cache.write() {
+            c.insert(user.clone(), Arc::new(list));
+        }
+        Ok(())
+    }
+
+    /// XEP-0191 §3.4 matching: a list item blocks a JID if it equals the
+    /// full JID, the bare JID, the domain plus resource, or the domain.
+    async fn blocks(&self, ctx: &Ctx, user: &BareJid, other: &Jid) -> bool {
+        let list = self.list(ctx, user).await;
+        if list.is_empty() {
+            return false;
+        }
+        let bare = other.to_bare();
+        let domain = other.domain().as_str();
+        let domain_res = other.resource().map(|r| format!("{domain}/{}", r.as_str()));
+        list.iter().any(|i| {
+            i == other.as_str()
+                || i == bare.as_str()
+                || i == domain
+                || domain_res.as_deref() == Some(i.as_str())
+        })
+    }
+}
+
+struct OutboundFilter(Arc<Blocking>);
+struct DeliverFilter(Arc<Blocking>);
+
+fn is_local_user(ctx: &Ctx, j: &Jid) -> bool {
+    j.node().is_some() && j.domain().as_str() == ctx.domain
+}
+
+impl Filter for OutboundFilter {
+    fn check<'a>(
+        &'a self,
+        ctx: &'a Ctx,
+        from: &'a Jid,
+        to: &'a Jid,
+        el: &'a Element,
+    ) -> BoxFuture<'a, Verdict> {
+        Box::pin(async move {
+            if !is_local_user(ctx, from) || !self.0.blocks(ctx, &from.to_bare(), to).await {
+                return Verdict::Pass;
+            }
+            // XEP-0191 §3.4.2: the user may not talk to whom they blocked.
+            match Kind::of(el) {
+                Some(Kind::Presence) => Verdict::Drop,
+                _ if matches!(stanza_type(el), "error" | "result") => Verdict::Drop,
+                _ => {
+                    let mut e = stanza::error(
+                        ErrorType::Cancel,
+                        Cond::NotAcceptable,
+                        Some("you have blocked this contact"),
+                    );
+                    e.other = Some(Element::bare("blocked", ns::BLOCKING_ERRORS));
+                    Verdict::Reject(Box::new(e))
+                }
+            }
+        })
+    }
+}
+
+impl Filter for DeliverFilter {
+    fn check<'a>(
+        &'a self,
+        ctx: &'a Ctx,
+        from: &'a Jid,
+        to: &'a Jid,
+        el: &'a Element,
+    ) -> BoxFuture<'a, Verdict> {
+        Box::pin(async move {
+            if !self.0.blocks(ctx, &to.to_bare(), from).await {
+                return Verdict::Pass;
+            }
+            // XEP-0191 §3.4.1: presence silently dropped; messages and IQ
+            // get/set answered with service-unavailable, as if nobody were there.
+            match (Kind::of(el), stanza_type(el)) {
+                (Some(Kind::Presence), _) => Verdict::Drop,
+                (Some(Kind::Iq), "get" | "set") | (Some(Kind::Message), _) => {
+                    Verdict::Reject(Box::new(simple_error(Cond::ServiceUnavailable, None)))
+                }
+                _ => Verdict::Drop,
+            }
+        })
+    }
+}
+
+fn items(payload: &Element) -> Result<Vec<String>, Cond> {
+    let mut out = Vec::new();
+    for i in payload.children().filter(|c| c.is("item", ns::BLOCKING)) {
+        let j = i.attr("jid").ok_or(Cond::BadRequest)?;
+        let j = Jid::new(j).map_err(|_| Cond::JidMalformed)?;
+        out.push(j.to_string());
+    }
+    Ok(out)
+}
+
+impl IqHandler for Blocking {
+    fn handle<'a>(&'a self, ctx: &'a Arc<Ctx>, req: IqRequest) -> BoxFuture<'a, IqResult> {
+        Box::pin(async move {
+            let Target::Account(user) = &req.target else {
+                return Err(simple_error(Cond::ServiceUnavailable, None));
+            };
+            if !req.is_self() {
+                return Err(simple_error(Cond::Forbidden, None));
+            }
+            let p = &req.payload;
+            match (req.typ, p.name()) {
+                (IqType::Get, "blocklist") => {
+                    if let Ok(full) = req.from.clone().try_into_full() {
+                        ctx.sessions.set_interest(&full, Interest::BlockList);
+                    }
+                    let mut r = Element::bare("blocklist", ns::BLOCKING);
+                    for j in self.list(ctx, user).await.iter() {
+                        r.append_child(element("item", ns::BLOCKING, &[("jid", j)]));
+                    }
+                    Ok(Some(r))
+                }
+                (IqType::Set, "block") => {
+                    let new = items(p).map_err(|c| simple_error(c, None))?;
+                    if new.is_empty() {
+                        return Err(simple_error(Cond::BadRequest, Some("nothing to block")));
+                    }
+                    let mut list = (*self.list(ctx, user).await).clone();
+                    let mut added = Vec::new();
+                    for j in new {
+                        if !list.contains(&j) {
+                            list.push(j.clone());
+                            added.push(j);
+                        }
+                    }
+                    self.save(ctx, user, list)
+                        .await
+                        .map_err(|_| simple_error(Cond::InternalServerError, None))?;
+                    push(ctx, user, "block", &added);
+                    // A blocked contact stops seeing the user's presence.
+                    for j in &added {
+                        if let Ok(b) = BareJid::new(j) {
+                            super::presence::send_unavailable_to(ctx, user, &b).await;
+                        }
+                    }
+                    Ok(None)
+                }
+                (IqType::Set, "unblock") => {
+                    let which = items(p).map_err(|c| simple_error(c, None))?;
+                    let list = (*self.list(ctx, user).await).clone();
+                    let (removed, kept): (Vec<String>, Vec<String>) = if which.is_empty() {
+                        (list, Vec::new())
+                    } else {
+                        list.into_iter().partition(|j| which.contains(j))
+                    };
+                    self.save(ctx, user, kept)
+                        .await
+                        .map_err(|_| simple_error(Cond::InternalServerError, None))?;
+                    push(
+                        ctx,
+                        user,
+                        "unblock",
+                        if which.is_empty() { &[] } else { &removed },
+                    );
+                    // Contacts that may see the user's presence get it again.
+                    for j in &removed {
+                        if let Ok(jid) = Jid::new(j) {
+                            let item = ctx
+                                .stores
+                                .rosters
+                                .item(user, jid.to_bare().as_str())
+                                .await
+                                .ok()
+                                .flatten();
+                            if item.is_some_and(|i| i.subscription.has_from()) {
+                                super::presence::send_current_to(ctx, user, &jid).await;
+                            }
+                        }
+                    }
+                    Ok(None)
+                }
+                _ => Err(simple_error(Cond::BadRequest, None)),
+            }
+        })
+    }
+}
+
+/// Tell the user's resources that asked for the list (XEP-0191 §3.3).
+fn push(ctx: &Ctx, user: &BareJid, what: &str, jids: &[String]) {
+    for r in ctx.sessions.resources(user) {
+        if !r.blocklist_interested {
+            continue;
+        }
+        let mut iq = element(
+            "iq",
+            ns::CLIENT,
+            &[
+                ("type", "set"),
+                ("id", &format!("push-{}", random_id(6))),
+                ("to", r.full.as_str()),
+            ],
+        );
+        let mut b = Element::bare(what, ns::BLOCKING);
+        for j in jids {
+            b.append_child(element("item", ns::BLOCKING, &[("jid", j)]));
+        }
+        iq.append_child(b);
+        let _ = r.mailbox.deliver(iq);
+    }
+}

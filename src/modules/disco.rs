@@ -1,0 +1,99 @@
+//! Service Discovery (XEP-0030) for the server and for accounts.
+
+use std::sync::Arc;
+
+use minidom::Element;
+use xmpp_parsers::stanza_error::DefinedCondition as Cond;
+
+use super::{IqHandler, IqRequest, IqResult, IqType, Registry, Target};
+use crate::server::Ctx;
+use crate::stanza::{element, simple_error};
+use crate::store::BoxFuture;
+use crate::xml::ns;
+
+pub fn register(r: &mut Registry) {
+    r.server_feature(ns::DISCO_INFO);
+    r.server_feature(ns::DISCO_ITEMS);
+    r.account_feature(ns::DISCO_INFO);
+    r.iq(ns::DISCO_INFO, true, true, Arc::new(Info));
+    r.iq(ns::DISCO_ITEMS, true, true, Arc::new(Items));
+}
+
+struct Info;
+struct Items;
+
+/// May `req.from` see the account's disco information? Its owner and the
+/// contacts it shares presence with (as Prosody does).
+async fn may_see(ctx: &Ctx, req: &IqRequest, user: &xmpp_parsers::jid::BareJid) -> bool {
+    if req.is_self() {
+        return true;
+    }
+    let item = ctx
+        .stores
+        .rosters
+        .item(user, req.from.to_bare().as_str())
+        .await
+        .ok()
+        .flatten();
+    item.is_some_and(|i| i.subscription.has_from())
+}
+
+impl IqHandler for Info {
+    fn handle<'a>(&'a self, ctx: &'a Arc<Ctx>, req: IqRequest) -> BoxFuture<'a, IqResult> {
+        Box::pin(async move {
+            if req.typ != IqType::Get {
+                return Err(simple_error(Cond::BadRequest, None));
+            }
+            if req.payload.attr("node").is_some() {
+                return Err(simple_error(Cond::ItemNotFound, None));
+            }
+            let mut q = Element::bare("query", ns::DISCO_INFO);
+            let features = match &req.target {
+                Target::Server => {
+                    q.append_child(element(
+                        "identity",
+                        ns::DISCO_INFO,
+                        &[("category", "server"), ("type", "im"), ("name", "Confab")],
+                    ));
+                    ctx.registry.server_features()
+                }
+                Target::Account(user) => {
+                    if !may_see(ctx, &req, user).await {
+                        return Err(simple_error(Cond::ServiceUnavailable, None));
+                    }
+                    q.append_child(element(
+                        "identity",
+                        ns::DISCO_INFO,
+                        &[("category", "account"), ("type", "registered")],
+                    ));
+                    ctx.registry.account_features()
+                }
+            };
+            let mut sorted: Vec<&str> = features.to_vec();
+            sorted.sort_unstable();
+            for f in sorted {
+                q.append_child(element("feature", ns::DISCO_INFO, &[("var", f)]));
+            }
+            Ok(Some(q))
+        })
+    }
+}
+
+impl IqHandler for Items {
+    fn handle<'a>(&'a self, ctx: &'a Arc<Ctx>, req: IqRequest) -> BoxFuture<'a, IqResult> {
+        Box::pin(async move {
+            if req.typ != IqType::Get {
+                return Err(simple_error(Cond::BadRequest, None));
+            }
+            if let Target::Account(user) = &req.target {
+                if !may_see(ctx, &req, user).await {
+                    return Err(simple_error(Cond::ServiceUnavailable, None));
+                }
+            }
+            if req.payload.attr("node").is_some() {
+                return Err(simple_error(Cond::ItemNotFound, None));
+            }
+            Ok(Some(Element::bare("query", ns::DISCO_ITEMS)))
+        })
+    }
+}

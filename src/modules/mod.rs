@@ -1,0 +1,234 @@
+//! The module registry. A feature is one file that registers, at start-up,
+//! what it handles: IQ handlers by payload namespace, disco features,
+//! stanza filters at named points of the pipeline, and event listeners.
+//! The router consults the registry; the pipeline order is in `router.rs`.
+//!
+//! Modules never write to sockets: they return payloads or route stanzas.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use minidom::Element;
+use xmpp_parsers::jid::{BareJid, FullJid, Jid};
+use xmpp_parsers::stanza_error::StanzaError;
+
+use crate::server::Ctx;
+use crate::store::BoxFuture;
+
+pub mod blocking;
+pub mod disco;
+pub mod offline;
+pub mod ping;
+pub mod presence;
+pub mod private;
+pub mod roster;
+pub mod session;
+pub mod time;
+pub mod vcard;
+pub mod version;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IqType {
+    Get,
+    Set,
+}
+
+/// Whom an IQ handled by the server is addressed to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// The server's own domain.
+    Server,
+    /// A local account's bare JID (the server answers on its behalf).
+    Account(BareJid),
+}
+
+/// An IQ get/set the server handles.
+#[derive(Debug, Clone)]
+pub struct IqRequest {
+    pub id: String,
+    pub from: Jid,
+    pub target: Target,
+    pub typ: IqType,
+    /// The one child element.
+    pub payload: Element,
+}
+
+impl IqRequest {
+    /// The requesting user's bare JID, if the request came from a local
+    /// account.
+    pub fn local_user(&self, ctx: &Ctx) -> Option<BareJid> {
+        let bare = self.from.to_bare();
+        (bare.domain().as_str() == ctx.domain && bare.node().is_some()).then_some(bare)
+    }
+
+    /// The request comes from the account it is addressed to (or from a
+    /// local user to the server when `Target::Server`).
+    pub fn is_self(&self) -> bool {
+        match &self.target {
+            Target::Account(a) => self.from.to_bare() == *a,
+            Target::Server => false,
+        }
+    }
+}
+
+/// `Ok(Some(payload))` → result with payload; `Ok(None)` → empty result.
+pub type IqResult = Result<Option<Element>, StanzaError>;
+
+pub trait IqHandler: Send + Sync {
+    fn handle<'a>(&'a self, ctx: &'a Arc<Ctx>, req: IqRequest) -> BoxFuture<'a, IqResult>;
+}
+
+/// What a filter decides about a stanza.
+pub enum Verdict {
+    Pass,
+    /// Drop silently.
+    Drop,
+    /// Refuse with this error (sent back to the sender).
+    Reject(Box<StanzaError>),
+}
+
+/// Points of the pipeline where filters run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Point {
+    /// A stanza from a local session, stamped, before routing.
+    Outbound,
+    /// Before delivery to a local user (`to` is that user).
+    Deliver,
+}
+
+pub trait Filter: Send + Sync {
+    /// `from` and `to` are the stanza's addresses.
+    fn check<'a>(
+        &'a self,
+        ctx: &'a Ctx,
+        from: &'a Jid,
+        to: &'a Jid,
+        el: &'a Element,
+    ) -> BoxFuture<'a, Verdict>;
+}
+
+/// Things that happen, for modules that react to them.
+pub enum Event<'a> {
+    /// A resource sent its first available presence.
+    InitialPresence { full: &'a FullJid, priority: i8 },
+    /// A session ended (after its unavailable presence went out).
+    SessionClosed { full: &'a FullJid },
+    /// An account was deleted.
+    UserDeleted { jid: &'a BareJid },
+}
+
+pub trait Listener: Send + Sync {
+    fn on_event<'a>(&'a self, ctx: &'a Arc<Ctx>, ev: &'a Event<'a>) -> BoxFuture<'a, ()>;
+}
+
+struct IqEntry {
+    handler: Arc<dyn IqHandler>,
+    server: bool,
+    account: bool,
+}
+
+/// Collected at start-up; read-only afterwards.
+#[derive(Default)]
+pub struct Registry {
+    iq: HashMap<&'static str, IqEntry>,
+    server_features: Vec<&'static str>,
+    account_features: Vec<&'static str>,
+    filters: HashMap<Point, Vec<Arc<dyn Filter>>>,
+    listeners: Vec<Arc<dyn Listener>>,
+}
+
+impl Registry {
+    /// Handle IQs whose payload is in `ns`, addressed to the server and/or
+    /// to accounts.
+    pub fn iq(&mut self, ns: &'static str, server: bool, account: bool, h: Arc<dyn IqHandler>) {
+        self.iq.insert(
+            ns,
+            IqEntry {
+                handler: h,
+                server,
+                account,
+            },
+        );
+    }
+
+    pub fn server_feature(&mut self, var: &'static str) {
+        if !self.server_features.contains(&var) {
+            self.server_features.push(var);
+        }
+    }
+
+    pub fn account_feature(&mut self, var: &'static str) {
+        if !self.account_features.contains(&var) {
+            self.account_features.push(var);
+        }
+    }
+
+    pub fn filter(&mut self, point: Point, f: Arc<dyn Filter>) {
+        self.filters.entry(point).or_default().push(f);
+    }
+
+    pub fn listener(&mut self, l: Arc<dyn Listener>) {
+        self.listeners.push(l);
+    }
+
+    pub fn iq_handler(&self, ns: &str, target: &Target) -> Option<Arc<dyn IqHandler>> {
+        let e = self.iq.get(ns)?;
+        let ok = match target {
+            Target::Server => e.server,
+            Target::Account(_) => e.account,
+        };
+        ok.then(|| e.handler.clone())
+    }
+
+    pub fn server_features(&self) -> &[&'static str] {
+        &self.server_features
+    }
+
+    pub fn account_features(&self) -> &[&'static str] {
+        &self.account_features
+    }
+
+    /// Run the filters of a point; the first that does not pass wins.
+    pub async fn run_filters(
+        &self,
+        ctx: &Ctx,
+        point: Point,
+        from: &Jid,
+        to: &Jid,
+        el: &Element,
+    ) -> Verdict {
+        if let Some(list) = self.filters.get(&point) {
+            for f in list {
+                match f.check(ctx, from, to, el).await {
+                    Verdict::Pass => continue,
+                    other => return other,
+                }
+            }
+        }
+        Verdict::Pass
+    }
+
+    pub async fn emit(&self, ctx: &Arc<Ctx>, ev: Event<'_>) {
+        for l in &self.listeners {
+            l.on_event(ctx, &ev).await;
+        }
+    }
+}
+
+/// Register every module, in order. A feature is switched off by removing
+/// its line here.
+pub fn registry() -> Registry {
+    let mut r = Registry::default();
+    disco::register(&mut r);
+    ping::register(&mut r);
+    version::register(&mut r);
+    time::register(&mut r);
+    session::register(&mut r);
+    roster::register(&mut r);
+    vcard::register(&mut r);
+    private::register(&mut r);
+    blocking::register(&mut r);
+    offline::register(&mut r);
+    presence::register(&mut r);
+    r
+}

@@ -1,0 +1,275 @@
+//! Presence (RFC 6121 §4): initial presence, broadcast to subscribers and
+//! the user's own resources, probes, directed presence, unavailable on
+//! disconnect. Subscription stanzas are handed to `roster`.
+
+use std::sync::Arc;
+
+use minidom::Element;
+use xmpp_parsers::jid::{BareJid, Jid};
+
+use super::{roster, Event, Registry};
+use crate::c2s::ClientState;
+use crate::router;
+use crate::server::Ctx;
+use crate::stanza::{element, jid_attr, remove_attr, set_attr, stanza_type};
+use crate::xml::ns;
+
+pub fn register(_r: &mut Registry) {
+    // Presence is core IM (RFC 6121): the router calls it directly.
+}
+
+fn is_subscription(typ: &str) -> bool {
+    matches!(
+        typ,
+        "subscribe" | "subscribed" | "unsubscribe" | "unsubscribed"
+    )
+}
+
+/// Presence from a bound client (`from` already stamped).
+pub async fn outbound(ctx: &Arc<Ctx>, st: &mut ClientState, el: Element, to: Option<Jid>) {
+    let typ = stanza_type(&el).to_string();
+    match (to, typ.as_str()) {
+        (None, "" | "unavailable") => broadcast(ctx, st, el).await,
+        (None, _) => {}
+        (Some(to), t) if is_subscription(t) => {
+            let bare = st.bare.clone();
+            roster::outbound(ctx, &bare, &to.to_bare(), el).await;
+        }
+        (Some(to), "" | "unavailable") => {
+            // Directed presence (RFC 6121 §4.6).
+            if typ.is_empty() {
+                st.directed.insert(to.to_string());
+            } else {
+                st.directed.remove(to.as_str());
+            }
+            router::send_as_user(ctx, el).await;
+        }
+        (Some(_), "error") => router::send_as_user(ctx, el).await,
+        // Probes are the server's business (RFC 6121 §4.3).
+        _ => {}
+    }
+}
+
+fn priority_of(el: &Element) -> i8 {
+    el.get_child("priority", ns::CLIENT)
+        .and_then(|p| p.text().trim().parse::<i16>().ok())
+        .map(|p| p.clamp(-128, 127) as i8)
+        .unwrap_or(0)
+}
+
+fn with_to(el: &Element, to: &str) -> Element {
+    let mut p = el.clone();
+    set_attr(&mut p, "to", to);
+    p
+}
+
+async fn broadcast(ctx: &Arc<Ctx>, st: &mut ClientState, el: Element) {
+    let available = stanza_type(&el) != "unavailable";
+    let priority = if available { priority_of(&el) } else { 0 };
+    let initial = available && !st.available;
+    let mut stored = el.clone();
+    remove_attr(&mut stored, "to");
+    ctx.sessions.set_presence(
+        &st.full,
+        st.id,
+        available.then(|| Arc::new(stored)),
+        priority,
+    );
+    st.available = available;
+    st.priority = priority;
+
+    let subscribers = roster::contacts(ctx, &st.bare, |i| i.subscription.has_from()).await;
+    for item in &subscribers {
+        router::send_as_user(ctx, with_to(&el, &item.jid)).await;
+    }
+    for r in ctx.sessions.resources(&st.bare) {
+        if r.available || r.full == st.full {
+            let _ = r.mailbox.deliver(with_to(&el, r.full.as_str()));
+        }
+    }
+    if !available {
+        for to in std::mem::take(&mut st.directed) {
+            let bare = Jid::new(&to)
+                .map(|j| j.to_bare().to_string())
+                .unwrap_or_default();
+            if subscribers.iter().any(|i| i.jid == bare) {
+                continue;
+            }
+            router::send_as_user(ctx, with_to(&el, &to)).await;
+        }
+    }
+    if initial {
+        initial_presence(ctx, st).await;
+    }
+}
+
+/// What a resource gets when it becomes available (RFC 6121 §4.2.2–4.2.3):
+/// its contacts' presence, its other resources' presence, pending
+/// subscription requests, and (through the event) offline messages.
+async fn initial_presence(ctx: &Arc<Ctx>, st: &ClientState) {
+    let items = roster::contacts(ctx, &st.bare, |i| {
+        i.subscription.has_to() || i.pending_in.is_some()
+    })
+    .await;
+    let me = Jid::from(st.full.clone());
+    for item in &items {
+        if !item.subscription.has_to() {
+            continue;
+        }
+        let Ok(contact) = BareJid::new(&item.jid) else {
+            continue;
+        };
+        if contact.domain().as_str() != ctx.domain {
+            continue; // Federation is not part of this server yet.
+        }
+        send_current_to(ctx, &contact, &me).await;
+    }
+    for r in ctx.sessions.resources(&st.bare) {
+        if r.full == st.full {
+            continue;
+        }
+        if let Some(p) = &r.presence {
+            let mut p = (**p).clone();
+            set_attr(&mut p, "from", r.full.as_str());
+            set_attr(&mut p, "to", st.full.as_str());
+            router::deliver_to_session(ctx, &st.full, p);
+        }
+    }
+    for item in &items {
+        if let Some(stored) = &item.pending_in {
+            if let Ok(p) = stored.parse::<Element>() {
+                router::deliver_to_session(ctx, &st.full, p);
+            }
+        }
+    }
+    ctx.registry
+        .emit(
+            ctx,
+            Event::InitialPresence {
+                full: &st.full,
+                priority: st.priority,
+            },
+        )
+        .await;
+}
+
+/// Presence addressed to a local user's bare JID.
+pub async fn inbound(ctx: &Arc<Ctx>, el: Element, user: &BareJid) {
+    let typ = stanza_type(&el).to_string();
+    let from = match jid_attr(&el, "from") {
+        Ok(Some(f)) => f,
+        _ => return,
+    };
+    if is_subscription(&typ) {
+        roster::inbound(ctx, user, &from.to_bare(), el).await;
+        return;
+    }
+    match typ.as_str() {
+        "probe" => answer_probe(ctx, user, &from).await,
+        "" | "unavailable" | "error" => {
+            for r in ctx.sessions.resources(user) {
+                if r.available {
+                    let _ = r.mailbox.deliver(el.clone());
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// RFC 6121 §4.3.2: a probe is answered only for subscribers.
+async fn answer_probe(ctx: &Arc<Ctx>, user: &BareJid, prober: &Jid) {
+    let item = ctx
+        .stores
+        .rosters
+        .item(user, prober.to_bare().as_str())
+        .await
+        .ok()
+        .flatten();
+    if !item.is_some_and(|i| i.subscription.has_from()) {
+        return;
+    }
+    if ctx.sessions.is_available(user) {
+        send_current_to(ctx, user, prober).await;
+    } else {
+        let p = element(
+            "presence",
+            ns::CLIENT,
+            &[
+                ("type", "unavailable"),
+                ("from", user.as_str()),
+                ("to", prober.as_str()),
+            ],
+        );
+        router::send_as_user(ctx, p).await;
+    }
+}
+
+/// Send `user`'s current presence (each available resource) to `to`.
+pub async fn send_current_to(ctx: &Arc<Ctx>, user: &BareJid, to: &Jid) {
+    for r in ctx.sessions.resources(user) {
+        let Some(p) = r.presence.as_ref().filter(|_| r.available) else {
+            continue;
+        };
+        let mut p = (**p).clone();
+        set_attr(&mut p, "from", r.full.as_str());
+        set_attr(&mut p, "to", to.as_str());
+        router::send_as_user(ctx, p).await;
+    }
+}
+
+/// Unavailable presence from each of `user`'s available resources to
+/// `contact` (after a subscription was cancelled or the contact blocked).
+pub async fn send_unavailable_to(ctx: &Arc<Ctx>, user: &BareJid, contact: &BareJid) {
+    for r in ctx.sessions.resources(user) {
+        if !r.available {
+            continue;
+        }
+        let p = element(
+            "presence",
+            ns::CLIENT,
+            &[
+                ("type", "unavailable"),
+                ("from", r.full.as_str()),
+                ("to", contact.as_str()),
+            ],
+        );
+        router::route(ctx, p).await;
+    }
+}
+
+/// A subscription request for an account that does not exist is refused.
+pub async fn reply_unsubscribed(ctx: &Arc<Ctx>, user: &BareJid, el: &Element) {
+    let Ok(Some(from)) = jid_attr(el, "from") else {
+        return;
+    };
+    let p = element(
+        "presence",
+        ns::CLIENT,
+        &[
+            ("type", "unsubscribed"),
+            ("from", user.as_str()),
+            ("to", from.to_bare().as_str()),
+        ],
+    );
+    router::route(ctx, p).await;
+}
+
+/// The session ended: if it was available, it goes unavailable.
+pub async fn session_ended(ctx: &Arc<Ctx>, st: &mut ClientState) {
+    if !st.available && st.directed.is_empty() {
+        return;
+    }
+    let p = element(
+        "presence",
+        ns::CLIENT,
+        &[("type", "unavailable"), ("from", st.full.as_str())],
+    );
+    if st.available {
+        broadcast(ctx, st, p).await;
+    } else {
+        for to in std::mem::take(&mut st.directed) {
+            router::send_as_user(ctx, with_to(&p, &to)).await;
+        }
+    }
+}

@@ -1,0 +1,368 @@
+//! Routing: the one place that knows where a JID lives and what RFC 6120
+//! §10 and RFC 6121 §8 say happens to a stanza on its way there. The
+//! pipeline order is all here:
+//!
+//! from a client: stamp `from` → (presence: `modules::presence`) →
+//! `Outbound` filters → route.
+//! route: remote domain | the server (IQ handlers) | a local user →
+//! `Deliver` filters → full JID: that session | bare JID: message rules,
+//! presence rules, IQ on the account's behalf.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use minidom::Element;
+use xmpp_parsers::jid::{BareJid, Jid};
+use xmpp_parsers::stanza_error::DefinedCondition as Cond;
+
+use crate::c2s::ClientState;
+use crate::modules::{presence, IqRequest, IqType, Point, Target, Verdict};
+use crate::server::Ctx;
+use crate::stanza::{self, jid_attr, set_attr, stanza_type, Kind};
+use crate::xml::ns;
+
+/// A stanza from a bound client session. `from` is stamped here, so a
+/// spoofed `from` is never seen by anyone.
+pub async fn from_client(ctx: &Arc<Ctx>, st: &mut ClientState, mut el: Element) {
+    let Some(kind) = Kind::of(&el) else {
+        return;
+    };
+    set_attr(&mut el, "from", st.full.as_str());
+    if el.attr_ns(ns::XML, "lang").is_none() {
+        if let Some(lang) = &st.lang {
+            if let Ok(n) = rxml::NcName::try_from("lang") {
+                el.attrs_mut().insert(rxml::Namespace::XML, n, lang.clone());
+            }
+        }
+    }
+    let to = match jid_attr(&el, "to") {
+        Ok(to) => to,
+        Err(stanza::BadJid) => {
+            stanza::remove_attr(&mut el, "to");
+            bounce(
+                ctx,
+                &el,
+                Cond::JidMalformed,
+                Some("the 'to' address is not a valid JID"),
+            )
+            .await;
+            return;
+        }
+    };
+    let from = Jid::from(st.full.clone());
+    match kind {
+        Kind::Presence => presence::outbound(ctx, st, el, to).await,
+        Kind::Iq if to.is_none() => {
+            // No 'to': handled by the server for the user's own account,
+            // and the reply carries no 'from' (RFC 6120 §10.3.3).
+            handle_iq(ctx, el, Target::Account(st.bare.clone()), None).await;
+        }
+        _ => {
+            let to = match to {
+                Some(t) => t,
+                None => {
+                    // A message without 'to' goes to the sender's bare JID.
+                    set_attr(&mut el, "to", st.bare.as_str());
+                    Jid::from(st.bare.clone())
+                }
+            };
+            match ctx
+                .registry
+                .run_filters(ctx, Point::Outbound, &from, &to, &el)
+                .await
+            {
+                Verdict::Pass => route(ctx, el).await,
+                Verdict::Drop => {}
+                Verdict::Reject(e) => {
+                    if let Some(reply) = stanza::error_reply(&el, *e) {
+                        deliver_to_session(ctx, &st.full, reply);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Send a stanza generated on behalf of a local user (broadcast presence,
+/// subscription replies): the user's `Outbound` filters apply.
+pub async fn send_as_user(ctx: &Arc<Ctx>, el: Element) {
+    let (Ok(Some(from)), Ok(Some(to))) = (jid_attr(&el, "from"), jid_attr(&el, "to")) else {
+        return;
+    };
+    if let Verdict::Pass = ctx
+        .registry
+        .run_filters(ctx, Point::Outbound, &from, &to, &el)
+        .await
+    {
+        route(ctx, el).await;
+    }
+}
+
+/// Route a stanza by its `to`.
+pub fn route(ctx: &Arc<Ctx>, el: Element) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+    Box::pin(async move {
+        let Some(kind) = Kind::of(&el) else {
+            return;
+        };
+        let to = match jid_attr(&el, "to") {
+            Ok(Some(t)) => t,
+            Ok(None) => Jid::from(ctx.domain_jid.clone()),
+            Err(stanza::BadJid) => {
+                bounce(ctx, &el, Cond::JidMalformed, None).await;
+                return;
+            }
+        };
+        if to.domain().as_str() != ctx.domain {
+            to_remote(ctx, el, kind).await;
+            return;
+        }
+        if to.node().is_none() {
+            to_server(ctx, el, kind, to).await;
+            return;
+        }
+        to_local_user(ctx, el, kind, to).await;
+    })
+}
+
+async fn to_remote(ctx: &Arc<Ctx>, el: Element, kind: Kind) {
+    // Federation is not part of this server yet: say so to the sender.
+    tracing::debug!(to = el.attr("to"), "stanza for a remote domain");
+    if kind != Kind::Presence {
+        bounce(
+            ctx,
+            &el,
+            Cond::RemoteServerNotFound,
+            Some("this server does not federate with other domains"),
+        )
+        .await;
+    }
+}
+
+async fn to_server(ctx: &Arc<Ctx>, el: Element, kind: Kind, to: Jid) {
+    match kind {
+        Kind::Iq => handle_iq(ctx, el, Target::Server, Some(to)).await,
+        Kind::Message => {
+            if !matches!(stanza_type(&el), "error" | "groupchat" | "headline") {
+                bounce(ctx, &el, Cond::ServiceUnavailable, None).await;
+            }
+        }
+        Kind::Presence => {}
+    }
+}
+
+async fn to_local_user(ctx: &Arc<Ctx>, el: Element, kind: Kind, to: Jid) {
+    let bare = to.to_bare();
+    let typ = stanza_type(&el).to_string();
+    let exists = ctx.stores.accounts.exists(&bare).unwrap_or(false);
+    if !exists {
+        match kind {
+            Kind::Message if !matches!(typ.as_str(), "error" | "headline" | "groupchat") => {
+                bounce(ctx, &el, Cond::ServiceUnavailable, None).await
+            }
+            Kind::Iq if matches!(typ.as_str(), "get" | "set") => {
+                bounce(ctx, &el, Cond::ServiceUnavailable, None).await
+            }
+            Kind::Presence if typ == "subscribe" => {
+                // RFC 6121 §3.1.3: no such account, the request is refused.
+                presence::reply_unsubscribed(ctx, &bare, &el).await;
+            }
+            _ => {}
+        }
+        return;
+    }
+    let from = match jid_attr(&el, "from") {
+        Ok(Some(f)) => f,
+        _ => Jid::from(ctx.domain_jid.clone()),
+    };
+    match ctx
+        .registry
+        .run_filters(ctx, Point::Deliver, &from, &to, &el)
+        .await
+    {
+        Verdict::Pass => {}
+        Verdict::Drop => return,
+        Verdict::Reject(e) => {
+            if let Some(reply) = stanza::error_reply(&el, *e) {
+                route(ctx, reply).await;
+            }
+            return;
+        }
+    }
+    if let Ok(full) = to.clone().try_into_full() {
+        if let Some(r) = ctx.sessions.get(&full) {
+            match r.mailbox.deliver(el) {
+                Ok(()) => return,
+                Err(und) => {
+                    // The session is gone or stuck: a message falls back to
+                    // the bare JID so it is not lost.
+                    if kind == Kind::Message {
+                        message_to_bare(ctx, *und.0, &bare).await;
+                    }
+                    return;
+                }
+            }
+        }
+        // RFC 6121 §8.5.3.2: no such resource.
+        match kind {
+            Kind::Message => match typ.as_str() {
+                "groupchat" => bounce(ctx, &el, Cond::ServiceUnavailable, None).await,
+                "error" => {}
+                _ => message_to_bare(ctx, el, &bare).await,
+            },
+            Kind::Iq => {
+                if matches!(typ.as_str(), "get" | "set") {
+                    bounce(ctx, &el, Cond::ServiceUnavailable, None).await
+                }
+            }
+            Kind::Presence => {
+                if matches!(
+                    typ.as_str(),
+                    "subscribe" | "subscribed" | "unsubscribe" | "unsubscribed"
+                ) {
+                    presence::inbound(ctx, el, &bare).await
+                }
+            }
+        }
+        return;
+    }
+    match kind {
+        Kind::Message => message_to_bare(ctx, el, &bare).await,
+        Kind::Presence => presence::inbound(ctx, el, &bare).await,
+        Kind::Iq => handle_iq(ctx, el, Target::Account(bare), Some(to)).await,
+    }
+}
+
+/// RFC 6121 §8.5.2: a message to a local account's bare JID.
+async fn message_to_bare(ctx: &Arc<Ctx>, el: Element, bare: &BareJid) {
+    let typ = stanza_type(&el).to_string();
+    match typ.as_str() {
+        "groupchat" => {
+            bounce(ctx, &el, Cond::ServiceUnavailable, None).await;
+            return;
+        }
+        "error" => return,
+        _ => {}
+    }
+    let resources: Vec<_> = ctx
+        .sessions
+        .resources(bare)
+        .into_iter()
+        .filter(|r| r.available && r.priority >= 0)
+        .collect();
+    let targets: Vec<_> = if typ == "headline" {
+        resources
+    } else {
+        // chat and normal: the highest-priority resources.
+        let top = resources.iter().map(|r| r.priority).max();
+        resources
+            .into_iter()
+            .filter(|r| Some(r.priority) == top)
+            .collect()
+    };
+    let mut delivered = false;
+    let mut pending = Some(el);
+    let n = targets.len();
+    for (i, r) in targets.iter().enumerate() {
+        let last = i + 1 == n;
+        let msg = if last {
+            pending.take()
+        } else {
+            pending.clone()
+        };
+        let Some(msg) = msg else { break };
+        match r.mailbox.deliver(msg) {
+            Ok(()) => delivered = true,
+            Err(und) => {
+                if last {
+                    pending = Some(*und.0);
+                }
+            }
+        }
+    }
+    if delivered {
+        return;
+    }
+    let Some(el) = pending else { return };
+    if typ == "headline" {
+        return;
+    }
+    crate::modules::offline::store_or_bounce(ctx, bare, el).await;
+}
+
+/// An IQ get/set handled by the server (for itself or on behalf of an
+/// account). Results and errors addressed to the server are consumed.
+pub async fn handle_iq(ctx: &Arc<Ctx>, el: Element, target: Target, reply_from: Option<Jid>) {
+    let typ = match stanza_type(&el) {
+        "get" => IqType::Get,
+        "set" => IqType::Set,
+        _ => return,
+    };
+    let from = match jid_attr(&el, "from") {
+        Ok(Some(f)) => f,
+        _ => return,
+    };
+    let Some(id) = el.attr("id").map(str::to_string) else {
+        bounce(ctx, &el, Cond::BadRequest, Some("an IQ needs an 'id'")).await;
+        return;
+    };
+    let mut children = el.children();
+    let payload = match (children.next(), children.next()) {
+        (Some(p), None) => p.clone(),
+        _ => {
+            bounce(
+                ctx,
+                &el,
+                Cond::BadRequest,
+                Some("an IQ get or set has exactly one child"),
+            )
+            .await;
+            return;
+        }
+    };
+    let Some(handler) = ctx.registry.iq_handler(&payload.ns(), &target) else {
+        bounce(ctx, &el, Cond::ServiceUnavailable, None).await;
+        return;
+    };
+    let req = IqRequest {
+        id: id.clone(),
+        from: from.clone(),
+        target,
+        typ,
+        payload,
+    };
+    let mut reply = match handler.handle(ctx, req).await {
+        Ok(payload) => {
+            let mut r = stanza::element("iq", ns::CLIENT, &[("type", "result"), ("id", &id)]);
+            if let Some(p) = payload {
+                r.append_child(p);
+            }
+            r
+        }
+        Err(e) => match stanza::error_reply(&el, e) {
+            Some(r) => r,
+            None => return,
+        },
+    };
+    set_attr(&mut reply, "to", from.as_str());
+    match reply_from {
+        Some(f) => set_attr(&mut reply, "from", f.as_str()),
+        None => stanza::remove_attr(&mut reply, "from"),
+    }
+    route(ctx, reply).await;
+}
+
+/// Send the error reply for `el`, if one may be sent.
+pub async fn bounce(ctx: &Arc<Ctx>, el: &Element, cond: Cond, text: Option<&str>) {
+    if let Some(reply) = stanza::error_reply(el, stanza::simple_error(cond, text)) {
+        route(ctx, reply).await;
+    }
+}
+
+/// Put a stanza straight into a local session's mailbox.
+pub fn deliver_to_session(ctx: &Ctx, full: &xmpp_parsers::jid::FullJid, el: Element) -> bool {
+    match ctx.sessions.get(full) {
+        Some(r) => r.mailbox.deliver(el).is_ok(),
+        None => false,
+    }
+}

@@ -1,0 +1,293 @@
+//! The server: shared context, listeners, start and graceful shutdown.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Notify};
+use xmpp_parsers::stream_error::DefinedCondition as StreamCondition;
+
+use crate::auth::AuthThrottle;
+use crate::config::Config;
+use crate::modules::Registry;
+use crate::net::tls::TlsSetup;
+use crate::sessions::Sessions;
+use crate::store::Stores;
+use crate::xml;
+
+/// Everything a connection, the router and the modules share.
+pub struct Ctx {
+    pub config: Config,
+    pub domain: String,
+    /// The domain as a JID (the server's own address).
+    pub domain_jid: xmpp_parsers::jid::BareJid,
+    pub stores: Stores,
+    pub sessions: Sessions,
+    pub registry: Registry,
+    pub tls: TlsSetup,
+    pub throttle: AuthThrottle,
+    pub limits: xml::Limits,
+    shutdown: watch::Receiver<bool>,
+    conns: ConnTracker,
+}
+
+impl Ctx {
+    /// A receiver that changes to `true` when the server shuts down.
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.clone()
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    /// Number of open client connections (negotiating or bound).
+    pub fn connection_count(&self) -> usize {
+        self.conns.active.load(Ordering::Relaxed)
+    }
+}
+
+/// Resolves once the server is shutting down.
+pub async fn shutdown_requested(rx: &mut watch::Receiver<bool>) {
+    // The guard `wait_for` returns is not Send; drop it here.
+    let _ = rx.wait_for(|s| *s).await.map(|_| ());
+}
+
+/// Counts open connections, overall and per IP address.
+#[derive(Default)]
+struct ConnTracker {
+    active: AtomicUsize,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    idle: Notify,
+}
+
+/// Held by each connection task; releases its slot when dropped.
+pub struct ConnGuard {
+    ctx: Arc<Ctx>,
+    ip: IpAddr,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        let t = &self.ctx.conns;
+        if let Ok(mut m) = t.per_ip.lock() {
+            if let Some(n) = m.get_mut(&self.ip) {
+                *n -= 1;
+                if *n == 0 {
+                    m.remove(&self.ip);
+                }
+            }
+        }
+        if t.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            t.idle.notify_waiters();
+        }
+    }
+}
+
+fn admit(ctx: &Arc<Ctx>, ip: IpAddr) -> Option<ConnGuard> {
+    let max = ctx.config.limits.max_connections_per_ip;
+    let t = &ctx.conns;
+    let mut m = t.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+    let n = m.entry(ip).or_insert(0);
+    if max > 0 && *n >= max {
+        return None;
+    }
+    *n += 1;
+    t.active.fetch_add(1, Ordering::AcqRel);
+    Some(ConnGuard {
+        ctx: ctx.clone(),
+        ip,
+    })
+}
+
+/// A running server.
+pub struct ServerHandle {
+    pub ctx: Arc<Ctx>,
+    /// Bound addresses (useful when the config asked for port 0).
+    pub c2s_addrs: Vec<SocketAddr>,
+    pub c2s_direct_tls_addrs: Vec<SocketAddr>,
+    shutdown_tx: watch::Sender<bool>,
+    accept_tasks: Vec<tokio::task::JoinHandle<()>>,
+    admin_task: Option<tokio::task::JoinHandle<()>>,
+}
+
+#[derive(Debug)]
+pub struct StartError(pub String);
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StartError {}
+
+impl ServerHandle {
+    /// Start serving: open the store, set up TLS, bind every listener.
+    pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
+        config.validate().map_err(|e| {
+            StartError(
+                e.iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )
+        })?;
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            StartError(format!(
+                "cannot create data_dir {}: {e}",
+                config.data_dir.display()
+            ))
+        })?;
+        let stores = Stores::open_sled(&config.data_dir).map_err(|e| StartError(e.0))?;
+        let tls = crate::net::tls::setup(&config).map_err(StartError)?;
+        let mut c2s = Vec::new();
+        for a in config.c2s_addrs() {
+            c2s.push(bind(a).await?);
+        }
+        let mut direct = Vec::new();
+        for a in config.c2s_direct_tls_addrs() {
+            direct.push(bind(a).await?);
+        }
+        let domain_jid = xmpp_parsers::jid::BareJid::new(&config.domain)
+            .map_err(|e| StartError(format!("domain: {e}")))?;
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let ctx = Arc::new(Ctx {
+            domain: config.domain.clone(),
+            domain_jid,
+            limits: xml::Limits {
+                max_stanza_bytes: config.limits.max_stanza_bytes,
+                max_depth: config.limits.max_xml_depth,
+                max_attributes: 128,
+            },
+            throttle: AuthThrottle::new(
+                config.limits.auth_failures_per_ip,
+                config.limits.auth_failures_per_account,
+            ),
+            config,
+            stores,
+            sessions: Sessions::new(),
+            registry: crate::modules::registry(),
+            tls,
+            shutdown: shutdown_rx,
+            conns: ConnTracker::default(),
+        });
+        let admin_task = crate::admin::serve(ctx.clone())
+            .await
+            .map_err(|e| StartError(format!("admin socket: {e}")))?;
+        let mut handle = ServerHandle {
+            c2s_addrs: c2s.iter().filter_map(|l| l.local_addr().ok()).collect(),
+            c2s_direct_tls_addrs: direct.iter().filter_map(|l| l.local_addr().ok()).collect(),
+            ctx: ctx.clone(),
+            shutdown_tx,
+            accept_tasks: Vec::new(),
+            admin_task: Some(admin_task),
+        };
+        for l in c2s {
+            handle
+                .accept_tasks
+                .push(tokio::spawn(accept_loop(ctx.clone(), l, false)));
+        }
+        for l in direct {
+            handle
+                .accept_tasks
+                .push(tokio::spawn(accept_loop(ctx.clone(), l, true)));
+        }
+        tracing::info!(
+            domain = %ctx.domain,
+            c2s = ?handle.c2s_addrs,
+            c2s_direct_tls = ?handle.c2s_direct_tls_addrs,
+            cert = %ctx.tls.cert_path.display(),
+            "Confab is serving"
+        );
+        Ok(handle)
+    }
+
+    /// Graceful shutdown: stop accepting, end every stream with
+    /// `<system-shutdown/>`, wait for the connections (bounded), flush the
+    /// store.
+    pub async fn shutdown(mut self) {
+        tracing::info!("shutting down");
+        for t in self.accept_tasks.drain(..) {
+            t.abort();
+        }
+        if let Some(t) = self.admin_task.take() {
+            t.abort();
+        }
+        let _ = self.shutdown_tx.send(true);
+        // Sessions also get a Close through their mailbox, in case one is
+        // busy writing.
+        for r in self.ctx.sessions.all() {
+            r.mailbox
+                .close(StreamCondition::SystemShutdown, "server shutting down");
+        }
+        let wait = async {
+            loop {
+                let idle = self.ctx.conns.idle.notified();
+                if self.ctx.connection_count() == 0 {
+                    break;
+                }
+                idle.await;
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(10), wait)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                open = self.ctx.connection_count(),
+                "connections still open after 10 s; closing anyway"
+            );
+        }
+        if let Err(e) = self.ctx.stores.closer.flush().await {
+            tracing::error!(error = %e, "final flush failed");
+        }
+        crate::admin::remove_socket(&self.ctx.config.data_dir);
+        tracing::info!("stopped");
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    let sock = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(|e| StartError(format!("cannot listen on {addr}: {e}")))?;
+    let _ = sock.set_reuseaddr(true);
+    sock.bind(addr)
+        .map_err(|e| StartError(format!("cannot listen on {addr}: {e}")))?;
+    sock.listen(4096)
+        .map_err(|e| StartError(format!("cannot listen on {addr}: {e}")))
+}
+
+async fn accept_loop(ctx: Arc<Ctx>, listener: TcpListener, direct_tls: bool) {
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        spawn_connection(&ctx, tcp, peer, direct_tls);
+    }
+}
+
+fn spawn_connection(ctx: &Arc<Ctx>, tcp: TcpStream, peer: SocketAddr, direct_tls: bool) {
+    let Some(guard) = admit(ctx, peer.ip()) else {
+        tracing::info!(%peer, "too many connections from this address; refused");
+        drop(tcp);
+        return;
+    };
+    let ctx = ctx.clone();
+    tokio::spawn(async move {
+        crate::c2s::serve(ctx, tcp, peer, direct_tls).await;
+        drop(guard);
+    });
+}
