@@ -48,7 +48,7 @@ pub async fn store_or_bounce(ctx: &Arc<Ctx>, user: &BareJid, mut el: Element) {
     if !has_our_delay {
         crate::stanza::add_delay(&mut el, &ctx.domain, chrono::Utc::now());
     }
-    let xml = writer::to_string(&el, ns::CLIENT);
+    let xml = writer::to_string(&el);
     match ctx
         .stores
         .offline
@@ -101,7 +101,7 @@ impl Listener for Offline {
             };
             let mut delivered = Vec::new();
             for (key, xml) in queued {
-                let Ok(el) = xml.parse::<Element>() else {
+                let Ok(el) = crate::xml::parse(&xml) else {
                     tracing::warn!(to = %user, "dropping an unreadable offline message");
                     delivered.push(key);
                     continue;

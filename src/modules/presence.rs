@@ -137,7 +137,7 @@ async fn initial_presence(ctx: &Arc<Ctx>, st: &ClientState) {
     }
     for item in &items {
         if let Some(stored) = &item.pending_in {
-            if let Ok(p) = stored.parse::<Element>() {
+            if let Ok(p) = crate::xml::parse(stored) {
                 router::deliver_to_session(ctx, &st.full, p);
             }
         }

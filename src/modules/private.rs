@@ -69,7 +69,7 @@ impl IqHandler for Private {
                         .await
                         .map_err(internal)?;
                     let el = stored
-                        .and_then(|s| s.parse::<Element>().ok())
+                        .and_then(|s| crate::xml::parse(&s).ok())
                         .unwrap_or_else(|| Element::bare(want.name(), want.ns()));
                     let mut r = Element::bare("query", ns::PRIVATE);
                     r.append_child(el);
@@ -77,7 +77,7 @@ impl IqHandler for Private {
                 }
                 IqType::Set => {
                     for c in children {
-                        let xml = writer::to_string(c, ns::CLIENT);
+                        let xml = writer::to_string(c);
                         ctx.stores
                             .userdata
                             .put(&user, &key(c), Some(xml))

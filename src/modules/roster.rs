@@ -349,7 +349,7 @@ pub async fn inbound(ctx: &Arc<Ctx>, user: &BareJid, contact: &BareJid, mut el: 
                 super::presence::send_current_to(ctx, user, &Jid::from(contact.clone())).await;
                 return;
             }
-            item.pending_in = Some(writer::to_string(&el, ns::CLIENT));
+            item.pending_in = Some(writer::to_string(&el));
             deliver = true;
         }
         "subscribed" => {

@@ -45,7 +45,7 @@ impl IqHandler for VCard {
                     })?;
                     // XEP-0054 §3.1: no vCard is an empty one.
                     let el = stored
-                        .and_then(|s| s.parse::<Element>().ok())
+                        .and_then(|s| crate::xml::parse(&s).ok())
                         .unwrap_or_else(|| Element::bare("vCard", ns::VCARD));
                     Ok(Some(el))
                 }
@@ -56,7 +56,7 @@ impl IqHandler for VCard {
                             Some("only the owner may change a vCard"),
                         ));
                     }
-                    let xml = writer::to_string(&req.payload, ns::CLIENT);
+                    let xml = writer::to_string(&req.payload);
                     ctx.stores
                         .userdata
                         .put(&user, KEY, Some(xml))

@@ -5,6 +5,31 @@ pub mod writer;
 
 pub use reader::{Frame, Limits, ReadError, StreamHeader, StreamReader};
 
+/// Parse one stored element (as written by `writer::to_string`) with the
+/// same limits-checking reader the streams use: never minidom's recursive
+/// parser, so nothing read back from disk can exhaust the stack.
+pub fn parse(xml: &str) -> Result<minidom::Element, ReadError> {
+    let limits = Limits {
+        max_stanza_bytes: xml.len().saturating_add(64),
+        max_depth: 256,
+        max_attributes: 1024,
+    };
+    let mut r = StreamReader::new(limits);
+    let mut out = std::collections::VecDeque::new();
+    r.feed(b"<s>", &mut out)?;
+    r.feed(xml.as_bytes(), &mut out)?;
+    let mut elements = out.into_iter().filter_map(|f| match f {
+        Frame::Element(e) => Some(e),
+        _ => None,
+    });
+    match (elements.next(), elements.next()) {
+        (Some(e), None) => Ok(e),
+        _ => Err(ReadError::NotWellFormed(
+            "expected exactly one element".into(),
+        )),
+    }
+}
+
 /// Namespaces used across the server.
 pub mod ns {
     pub const XML: &str = "http://www.w3.org/XML/1998/namespace";

@@ -161,10 +161,11 @@ pub fn to_bytes(el: &Element) -> Vec<u8> {
     out
 }
 
-/// Serialize to a string (for storage and logs).
-pub fn to_string(el: &Element, parent_ns: &str) -> String {
+/// Serialize to a standalone document (for storage and logs): the top
+/// element always declares its namespace, so `xml::parse` reads it back.
+pub fn to_string(el: &Element) -> String {
     let mut out = Vec::with_capacity(256);
-    write_element(el, parent_ns, &mut out);
+    write_element(el, "", &mut out);
     // Only UTF-8 is ever written: names, escapes and element text are str.
     String::from_utf8(out).unwrap_or_default()
 }
@@ -242,6 +243,24 @@ mod tests {
         assert_eq!(again.attr("id"), Some("a'b"));
         assert_eq!(again.attr_ns("urn:p", "z"), Some("1\n2"));
         assert_eq!(again.attr_ns(ns::XML, "lang"), Some("en"));
+    }
+
+    #[test]
+    fn stored_documents_read_back() {
+        let el = roundtrip(
+            "<message to='a@b' type='chat'><body>x &amp; y</body>\
+             <delay xmlns='urn:xmpp:delay' stamp='2026-01-01T00:00:00Z'/></message>",
+        );
+        let stored = to_string(&el);
+        assert!(
+            stored.starts_with("<message xmlns='jabber:client'"),
+            "{stored}"
+        );
+        assert_eq!(crate::xml::parse(&stored).unwrap(), el);
+        let vcard = roundtrip("<vCard xmlns='vcard-temp'><FN>A</FN></vCard>");
+        assert_eq!(crate::xml::parse(&to_string(&vcard)).unwrap(), vcard);
+        assert!(crate::xml::parse("<a/><b/>").is_err());
+        assert!(crate::xml::parse("<a>").is_err());
     }
 
     #[test]

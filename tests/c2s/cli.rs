@@ -1,0 +1,158 @@
+//! The `confab` command as a user runs it: `user add` works with and
+//! without a running server, and `check-config` reports errors by key.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use crate::common::*;
+
+fn confab(config: &std::path::Path, args: &[&str], stdin: Option<&str>) -> std::process::Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_confab"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+    } else {
+        drop(child.stdin.take());
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn write_config(dir: &std::path::Path, data: &std::path::Path) -> std::path::PathBuf {
+    let p = dir.join("confab.toml");
+    std::fs::write(
+        &p,
+        format!(
+            "domain = \"localhost\"\ndata_dir = \"{}\"\n[listen]\nc2s = [\"127.0.0.1:0\"]\nc2s_direct_tls = []\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    p
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_commands_with_and_without_a_running_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let cfg = write_config(dir.path(), &data);
+
+    // No server: the store is used directly; the password comes from stdin.
+    let out = tokio::task::spawn_blocking({
+        let cfg = cfg.clone();
+        move || {
+            confab(
+                &cfg,
+                &["user", "add", "carol@localhost"],
+                Some("pw-from-stdin\n"),
+            )
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = tokio::task::spawn_blocking({
+        let cfg = cfg.clone();
+        move || confab(&cfg, &["user", "add", "carol@localhost", "again"], None)
+    })
+    .await
+    .unwrap();
+    assert!(!out.status.success(), "a duplicate is refused");
+
+    // With the server running on the same data dir: through the admin socket.
+    let s = TestServer::start_with(|c| {
+        c.data_dir = data.clone();
+    })
+    .await;
+    let out = tokio::task::spawn_blocking({
+        let cfg = cfg.clone();
+        move || confab(&cfg, &["user", "add", "dave@localhost", "davepw"], None)
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = tokio::task::spawn_blocking({
+        let cfg = cfg.clone();
+        move || confab(&cfg, &["user", "list"], None)
+    })
+    .await
+    .unwrap();
+    let listed = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        listed.contains("carol@localhost") && listed.contains("dave@localhost"),
+        "{listed}"
+    );
+
+    // Both can log in.
+    s.login("carol", "pw-from-stdin", "x").await;
+    let mut d = s.login("dave", "davepw", "x").await;
+
+    // Password change and deletion while online: the session ends.
+    let out = tokio::task::spawn_blocking({
+        let cfg = cfg.clone();
+        move || confab(&cfg, &["user", "del", "dave@localhost"], None)
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(d.stream_error().await.is_some());
+    let mut c = Client::connect(s.addr(), s.cert_path()).await;
+    c.start_stream().await;
+    c.starttls().await;
+    c.start_stream().await;
+    assert_eq!(
+        c.auth_scram("dave", "davepw", Hash::Sha256, false).await,
+        Err("not-authorized".into())
+    );
+    let out = tokio::task::spawn_blocking({
+        let cfg = cfg.clone();
+        move || confab(&cfg, &["user", "passwd", "carol@localhost", "newpw"], None)
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success());
+    s.login("carol", "newpw", "y").await;
+}
+
+#[test]
+fn check_config_names_the_bad_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("bad.toml");
+    std::fs::write(
+        &p,
+        "domain = \"localhost\"\n[limits]\nmax_stanza_bytes = \"big\"\nbogus = 1\n",
+    )
+    .unwrap();
+    let out = confab(&p, &["check-config"], None);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("limits"), "{err}");
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, "domain = \"example.com\"\n").unwrap();
+    let out = confab(&good, &["check-config"], None);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("example.com"));
+}

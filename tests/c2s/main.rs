@@ -1,0 +1,12 @@
+//! Integration tests: the real server in-process on ephemeral loopback
+//! ports, a temporary data directory (real sled), real TLS, driven over
+//! real sockets by the small client in `common`.
+
+mod common;
+
+mod auth;
+mod cli;
+mod errors;
+mod im;
+mod iq;
+mod persist;
