@@ -200,14 +200,33 @@ pub struct ClientFirst {
     pub authzid: Option<String>,
 }
 
+/// What c= in the client-final-message must decode to.
+#[derive(Clone)]
+enum Cbind {
+    /// Exactly this: the gs2 header, followed by the channel-binding data
+    /// when the flag was 'p'.
+    Exact(Vec<u8>),
+    /// The gs2 header followed by data the server cannot know: 'tls-unique'
+    /// requested on a connection where it is unavailable (see
+    /// `ScramServer::client_first`).
+    Unverifiable(Vec<u8>),
+}
+
+impl Cbind {
+    fn matches(&self, c: &[u8]) -> bool {
+        match self {
+            Cbind::Exact(want) => c == want.as_slice(),
+            Cbind::Unverifiable(header) => c.len() > header.len() && c.starts_with(header),
+        }
+    }
+}
+
 /// State after client_first: what the later steps need.
 struct AfterClientFirst {
     username: String,
     client_nonce: String,
     client_first_bare: String,
-    /// gs2 header followed by the channel-binding data if the flag was 'p':
-    /// what c= must decode to.
-    cbind_input: Vec<u8>,
+    cbind: Cbind,
 }
 
 /// State after server_first.
@@ -216,7 +235,7 @@ struct AfterServerFirst {
     /// client-first-message-bare "," server-first-message "," — the
     /// AuthMessage up to the client-final-message-without-proof.
     auth_message_prefix: String,
-    cbind_input: Vec<u8>,
+    cbind: Cbind,
     stored_key: Vec<u8>,
     server_key: Vec<u8>,
     /// False for a non-existent account: the exchange must then fail.
@@ -296,24 +315,33 @@ impl ScramServer {
         };
         let parsed = parse_client_first(msg)?;
 
-        let cb_data: &[u8] = match (&parsed.cb_flag, self.plus) {
-            (CbFlag::NotSupported, false) => &[],
-            (CbFlag::ClientSupports, false) if !self.plus_offered => &[],
-            (CbFlag::Binding(name), true) => {
-                self.bindings.get(name).ok_or(SaslError::NotAuthorized)?
-            }
+        let header = parsed.gs2_header.into_bytes();
+        let cbind = match (&parsed.cb_flag, self.plus) {
+            (CbFlag::NotSupported, false) => Cbind::Exact(header),
+            (CbFlag::ClientSupports, false) if !self.plus_offered => Cbind::Exact(header),
+            (CbFlag::Binding(name), true) => match self.bindings.get(name) {
+                Some(data) => Cbind::Exact([header.as_slice(), data].concat()),
+                // tls-unique is undefined for TLS 1.3 (RFC 9266) and rustls
+                // does not expose the TLS 1.2 Finished message either, yet
+                // clients such as slixmpp 1.8 send it whenever their TLS
+                // library returns something. Refusing would only make them
+                // fall back to weaker exchanges (then PLAIN); accepting it
+                // unverified gives exactly the protection of a non-PLUS
+                // SCRAM login. tls-exporter and tls-server-end-point are
+                // always verified.
+                None if name == "tls-unique" => Cbind::Unverifiable(header),
+                None => return Err(SaslError::NotAuthorized),
+            },
             // 'y' although -PLUS was offered (a downgrade attack, RFC 5802
             // §6), 'p=' without -PLUS, or -PLUS without 'p='.
             _ => return Err(SaslError::NotAuthorized),
         };
-        let mut cbind_input = parsed.gs2_header.into_bytes();
-        cbind_input.extend_from_slice(cb_data);
 
         self.state = State::GotClientFirst(AfterClientFirst {
             username: parsed.first.username.clone(),
             client_nonce: parsed.client_nonce,
             client_first_bare: parsed.client_first_bare,
-            cbind_input,
+            cbind,
         });
         Ok(parsed.first)
     }
@@ -358,7 +386,7 @@ impl ScramServer {
         self.state = State::SentServerFirst(AfterServerFirst {
             auth_message_prefix: format!("{},{},", first.client_first_bare, server_first),
             nonce,
-            cbind_input: first.cbind_input,
+            cbind: first.cbind,
             stored_key,
             server_key,
             account_exists,
@@ -401,7 +429,7 @@ impl ScramServer {
         let proof = decode_base64(proof_b64)?;
 
         // Channel-binding data is not secret: a plain comparison will do.
-        if cbind != st.cbind_input || nonce != st.nonce {
+        if !st.cbind.matches(&cbind) || nonce != st.nonce {
             return Err(SaslError::NotAuthorized);
         }
 
@@ -1102,8 +1130,44 @@ mod tests {
     }
 
     #[test]
+    fn tls_unique_is_accepted_unverified_with_the_right_header() {
+        let creds = alice_creds(ScramHash::Sha256);
+        // The client binds to data the server cannot see: accepted, as a
+        // non-PLUS exchange would be.
+        let mut server = ScramServer::new(ScramHash::Sha256, true, true, exporter_bindings());
+        let client = TestClient::new(
+            ScramHash::Sha256,
+            "alice",
+            "correct horse",
+            "p=tls-unique,,",
+        )
+        .with_cb_data(b"finished-message");
+        assert!(run(&mut server, &client, Some(&creds)).is_ok());
+        // Without any data after the header, c= does not match.
+        let mut server = ScramServer::new(ScramHash::Sha256, true, true, exporter_bindings());
+        let client = TestClient::new(
+            ScramHash::Sha256,
+            "alice",
+            "correct horse",
+            "p=tls-unique,,",
+        );
+        server.client_first(&client.client_first()).unwrap();
+        let sf = server.server_first(Some(&creds));
+        let (cf, _) = client.client_final(&sf);
+        assert_eq!(server.client_final(&cf), Err(SaslError::NotAuthorized));
+        // A wrong password still fails.
+        let mut server = ScramServer::new(ScramHash::Sha256, true, true, exporter_bindings());
+        let client = TestClient::new(ScramHash::Sha256, "alice", "wrong", "p=tls-unique,,")
+            .with_cb_data(b"x");
+        server.client_first(&client.client_first()).unwrap();
+        let sf = server.server_first(Some(&creds));
+        let (cf, _) = client.client_final(&sf);
+        assert_eq!(server.client_final(&cf), Err(SaslError::NotAuthorized));
+    }
+
+    #[test]
     fn unknown_or_absent_cb_type_fails() {
-        for cb in ["tls-unique", "tls-exporter2", "TLS-EXPORTER"] {
+        for cb in ["tls-exporter2", "TLS-EXPORTER"] {
             let mut server = ScramServer::new(ScramHash::Sha256, true, true, exporter_bindings());
             let msg = format!("p={cb},,n=alice,r=abcdef");
             assert_eq!(

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Interop scenarios against real third-party software: starts the built
+# Confab binary on free loopback ports with a fresh data directory, creates
+# users with `confab user add` (through the running server's admin socket),
+# runs each slixmpp scenario, and stops the server by its PID.
+#
+#   interop/run.sh            # uses target/release/confab (cargo build --release)
+#   CONFAB=path/to/confab interop/run.sh
+#
+# Needs /usr/bin/python3 with Debian's python3-slixmpp.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+top=$(cd "$here/.." && pwd)
+confab=${CONFAB:-$top/target/release/confab}
+py=/usr/bin/python3
+
+[ -x "$confab" ] || { echo "interop: $confab not built (run cargo build --release)" >&2; exit 1; }
+$py -c 'import slixmpp' 2>/dev/null || { echo "interop: python3-slixmpp missing for $py" >&2; exit 1; }
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/confab-interop.XXXXXX")
+pid=
+cleanup() {
+    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+        kill -TERM "$pid" 2>/dev/null || true
+        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    if [ "${KEEP:-0}" = 1 ]; then echo "interop: kept $work" >&2; else rm -rf "$work"; fi
+}
+trap cleanup EXIT
+
+free_port() {
+    $py -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+port=$(free_port)
+tls_port=$(free_port)
+cat > "$work/confab.toml" <<TOML
+domain = "localhost"
+data_dir = "$work/data"
+[listen]
+c2s = ["127.0.0.1:$port"]
+c2s_direct_tls = ["127.0.0.1:$tls_port"]
+[log]
+level = "info"
+TOML
+
+"$confab" --config "$work/confab.toml" serve > "$work/confab.log" 2>&1 &
+pid=$!
+for _ in $(seq 100); do
+    if [ -S "$work/data/confab.sock" ] && (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then break; fi
+    kill -0 "$pid" 2>/dev/null || { echo "interop: confab exited:" >&2; cat "$work/confab.log" >&2; exit 1; }
+    sleep 0.1
+done
+
+"$confab" --config "$work/confab.toml" user add alice@localhost interop-pw-1 >/dev/null
+"$confab" --config "$work/confab.toml" user add bob@localhost interop-pw-1 >/dev/null
+
+failed=0
+run() {
+    local name=$1; shift
+    if out=$("$@" 2>"$work/$name.err"); then
+        echo "interop: $name: ok"
+    else
+        echo "interop: $name: FAILED" >&2
+        echo "$out" >&2
+        cat "$work/$name.err" >&2
+        failed=1
+    fi
+}
+
+cert="$work/data/tls/localhost.crt"
+run c2s_scenario $py "$here/c2s_scenario.py" --server 127.0.0.1 --port "$port" \
+    --domain localhost --cafile "$cert" --password interop-pw-1
+# The lab's one-shot client over direct TLS (XEP-0368): log in and send.
+run send_direct_tls $py "$here/send.py" --jid alice@localhost --password interop-pw-1 \
+    --server 127.0.0.1 --port "$tls_port" --direct-tls --cafile "$cert" \
+    --to bob@localhost --body "direct tls"
+
+# Graceful stop: SIGTERM, exit status 0.
+kill -TERM "$pid"
+status=0
+wait "$pid" || status=$?
+pid=
+if [ "$status" -ne 0 ]; then
+    echo "interop: confab exited with $status after SIGTERM" >&2
+    failed=1
+fi
+if [ "$failed" -ne 0 ]; then
+    echo "--- confab log ---" >&2
+    tail -50 "$work/confab.log" >&2
+    exit 1
+fi
+echo "interop: all scenarios passed"
