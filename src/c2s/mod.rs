@@ -38,6 +38,9 @@ pub async fn serve(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr, direct_tls: 
     }
 }
 
+/// How long the final stream error may take to write.
+const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Helper used by both phases: send the stream error and close.
 pub(crate) async fn close_with_error(
     conn: &mut XmlConn,
@@ -48,6 +51,8 @@ pub(crate) async fn close_with_error(
     let mut out = Vec::new();
     crate::xml::writer::write_stream_element(&el, &mut out);
     out.extend_from_slice(crate::xml::writer::STREAM_CLOSE);
-    let _ = conn.write_all(&out).await;
+    // Bounded: a peer that does not read must not hold the task for the
+    // full write timeout just to be told goodbye.
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, conn.write_all(&out)).await;
     conn.shutdown().await;
 }

@@ -53,6 +53,7 @@ async fn session_loop(
     inbox: &mut Inbox,
 ) -> End {
     let mut shutdown = ctx.shutdown_signal();
+    let kill = inbox.kill.clone();
     let idle = ctx.config.idle_timeout();
     let mut last_rx = Instant::now();
     let mut pinged = false;
@@ -63,13 +64,21 @@ async fn session_loop(
             _ = crate::server::shutdown_requested(&mut shutdown) => {
                 return End::Error(SC::SystemShutdown, "server shutting down".into());
             }
-            _ = inbox.kill.notified() => {
+            _ = kill.notified() => {
                 return End::Error(SC::ResourceConstraint, "too many stanzas waiting; the client is not reading".into());
             }
             m = inbox.rx.recv() => {
                 let Some(first) = m else { return End::Gone };
-                if let Some(end) = write_batch(conn, inbox, first).await {
-                    return end;
+                // A client that does not read blocks this write; its queue
+                // then fills and the kill notice ends the session at once
+                // instead of after the write timeout.
+                tokio::select! {
+                    end = write_batch(conn, &mut inbox.rx, first) => {
+                        if let Some(end) = end {
+                            return end;
+                        }
+                    }
+                    _ = kill.notified() => return End::Gone,
                 }
             }
             f = conn.read_frame() => {
@@ -125,7 +134,11 @@ fn nonza(el: &minidom::Element) -> Option<End> {
 }
 
 /// Write `first` and whatever else is queued, in one write.
-async fn write_batch(conn: &mut XmlConn, inbox: &mut Inbox, first: Outbound) -> Option<End> {
+async fn write_batch(
+    conn: &mut XmlConn,
+    rx: &mut tokio::sync::mpsc::Receiver<Outbound>,
+    first: Outbound,
+) -> Option<End> {
     let mut buf = Vec::with_capacity(1024);
     let mut next = Some(first);
     let mut close = None;
@@ -141,7 +154,7 @@ async fn write_batch(conn: &mut XmlConn, inbox: &mut Inbox, first: Outbound) -> 
         if buf.len() >= WRITE_BATCH {
             break;
         }
-        next = inbox.rx.try_recv().ok();
+        next = rx.try_recv().ok();
     }
     if !buf.is_empty() && conn.write_all(&buf).await.is_err() {
         return Some(End::Gone);

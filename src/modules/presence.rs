@@ -18,6 +18,9 @@ pub fn register(_r: &mut Registry) {
     // Presence is core IM (RFC 6121): the router calls it directly.
 }
 
+/// Most addressees of directed presence remembered per session.
+const MAX_DIRECTED: usize = 1000;
+
 fn is_subscription(typ: &str) -> bool {
     matches!(
         typ,
@@ -38,7 +41,12 @@ pub async fn outbound(ctx: &Arc<Ctx>, st: &mut ClientState, el: Element, to: Opt
         (Some(to), "" | "unavailable") => {
             // Directed presence (RFC 6121 §4.6).
             if typ.is_empty() {
-                st.directed.insert(to.to_string());
+                // Bounded: a flood of directed presence must not grow the
+                // session without limit. Beyond the cap, the addressees
+                // just miss the final unavailable.
+                if st.directed.len() < MAX_DIRECTED {
+                    st.directed.insert(to.to_string());
+                }
             } else {
                 st.directed.remove(to.as_str());
             }
