@@ -32,6 +32,7 @@ pub struct Ctx {
     pub limits: xml::Limits,
     shutdown: watch::Receiver<bool>,
     conns: ConnTracker,
+    started: std::time::Instant,
 }
 
 impl Ctx {
@@ -42,6 +43,12 @@ impl Ctx {
 
     pub fn is_shutting_down(&self) -> bool {
         *self.shutdown.borrow()
+    }
+
+    /// Coarse server clock: whole seconds since start, plus one (so that 0
+    /// can mean "never").
+    pub fn clock(&self) -> u64 {
+        self.started.elapsed().as_secs() + 1
     }
 
     /// Number of open client connections (negotiating or bound).
@@ -174,6 +181,7 @@ impl ServerHandle {
             tls,
             shutdown: shutdown_rx,
             conns: ConnTracker::default(),
+            started: std::time::Instant::now(),
         });
         let admin_task = crate::admin::serve(ctx.clone())
             .await
@@ -196,6 +204,9 @@ impl ServerHandle {
                 .accept_tasks
                 .push(tokio::spawn(accept_loop(ctx.clone(), l, true)));
         }
+        handle
+            .accept_tasks
+            .push(tokio::spawn(sweep_idle(ctx.clone())));
         tracing::info!(
             domain = %ctx.domain,
             c2s = ?handle.c2s_addrs,
@@ -247,6 +258,46 @@ impl ServerHandle {
         }
         crate::admin::remove_socket(&self.ctx.config.data_dir);
         tracing::info!("stopped");
+    }
+}
+
+/// XEP-0199 §4.2 for every session at once: one task, instead of a timer
+/// in each of possibly many thousands of idle sessions. A client silent for
+/// `limits.idle_timeout_secs` is pinged; silent as long again, its stream
+/// ends with `connection-timeout`.
+async fn sweep_idle(ctx: Arc<Ctx>) {
+    use crate::sessions::Idle;
+    let idle = ctx.config.limits.idle_timeout_secs;
+    let mut tick = tokio::time::interval(Duration::from_secs((idle / 5).clamp(1, 30)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = ctx.clock();
+        let mut ping = Vec::new();
+        let mut dead = Vec::new();
+        ctx.sessions
+            .for_each(|r| match r.mailbox.idle_check(now, idle) {
+                Idle::Ping => ping.push((r.full.clone(), r.mailbox.clone())),
+                Idle::TimedOut => dead.push(r.mailbox.clone()),
+                Idle::Active => {}
+            });
+        for (full, mailbox) in ping {
+            let mut iq = crate::stanza::element(
+                "iq",
+                xml::ns::CLIENT,
+                &[
+                    ("type", "get"),
+                    ("id", &format!("ping-{}", crate::stanza::random_id(6))),
+                    ("from", &ctx.domain),
+                    ("to", full.as_str()),
+                ],
+            );
+            iq.append_child(crate::stanza::element("ping", xml::ns::PING, &[]));
+            let _ = mailbox.deliver(iq);
+        }
+        for mailbox in dead {
+            mailbox.close(StreamCondition::ConnectionTimeout, "no answer to ping");
+        }
     }
 }
 

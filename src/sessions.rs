@@ -4,12 +4,13 @@
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
 use minidom::Element;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 use xmpp_parsers::jid::{BareJid, FullJid};
 use xmpp_parsers::stream_error::DefinedCondition as StreamCondition;
 
@@ -24,12 +25,39 @@ pub enum Outbound {
     Close(Box<(StreamCondition, String)>),
 }
 
+/// The queue between everyone who delivers to a session and the session
+/// task that writes to its socket. An empty queue holds no buffer, so an
+/// idle session costs only this struct.
+struct Shared {
+    queue: Mutex<VecDeque<Outbound>>,
+    capacity: usize,
+    /// Something was queued, or the session was killed.
+    ready: Notify,
+    /// The queue overflowed: the session is not reading and must end.
+    killed: AtomicBool,
+    /// The session stopped taking deliveries.
+    closed: AtomicBool,
+    /// When the client last sent anything (server clock seconds), and when
+    /// the idle sweeper pinged it (0: not pinged since).
+    last_rx: AtomicU64,
+    pinged_at: AtomicU64,
+}
+
+/// What the idle sweeper should do about a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Idle {
+    Active,
+    /// Silent for the idle time: ping it.
+    Ping,
+    /// Pinged and silent for the idle time again: end it.
+    TimedOut,
+}
+
 /// A handle to deliver to one session.
 #[derive(Clone)]
 pub struct Mailbox {
     pub id: u64,
-    tx: mpsc::Sender<Outbound>,
-    kill: Arc<Notify>,
+    shared: Arc<Shared>,
 }
 
 /// Delivery to a session failed; the stanza comes back to the caller.
@@ -39,46 +67,149 @@ impl Mailbox {
     /// Queue a stanza. A session whose queue is full is not reading: it is
     /// told to close, and the stanza is handed back.
     pub fn deliver(&self, el: Element) -> Result<(), Undelivered> {
-        match self.tx.try_send(Outbound::Stanza(Box::new(el))) {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(Outbound::Stanza(el))) => {
-                tracing::warn!(session = self.id, "session queue full; disconnecting it");
-                self.kill.notify_one();
-                Err(Undelivered(el))
+        let sh = &self.shared;
+        {
+            let mut q = sh.queue.lock().unwrap_or_else(|p| p.into_inner());
+            if sh.closed.load(Ordering::Acquire) {
+                return Err(Undelivered(Box::new(el)));
             }
-            Err(mpsc::error::TrySendError::Closed(Outbound::Stanza(el))) => Err(Undelivered(el)),
-            Err(_) => Err(Undelivered(Box::new(Element::bare("x", "urn:confab:none")))),
+            if q.len() >= sh.capacity {
+                drop(q);
+                if !sh.killed.swap(true, Ordering::AcqRel) {
+                    tracing::warn!(session = self.id, "session queue full; disconnecting it");
+                }
+                sh.ready.notify_one();
+                return Err(Undelivered(Box::new(el)));
+            }
+            q.push_back(Outbound::Stanza(Box::new(el)));
         }
+        sh.ready.notify_one();
+        Ok(())
     }
 
-    /// Ask the session to end with a stream error.
+    /// Ask the session to end with a stream error (queued after what is
+    /// already waiting, whatever the queue's length).
     pub fn close(&self, cond: StreamCondition, text: &str) {
-        if self
-            .tx
-            .try_send(Outbound::Close(Box::new((cond, text.to_string()))))
-            .is_err()
+        let sh = &self.shared;
         {
-            self.kill.notify_one();
+            let mut q = sh.queue.lock().unwrap_or_else(|p| p.into_inner());
+            if sh.closed.load(Ordering::Acquire) {
+                return;
+            }
+            q.push_back(Outbound::Close(Box::new((cond, text.to_string()))));
         }
+        sh.ready.notify_one();
+    }
+
+    /// The idle state at server clock `now` for an idle time of `idle`
+    /// seconds; `Ping` also records the ping.
+    pub fn idle_check(&self, now: u64, idle: u64) -> Idle {
+        let sh = &self.shared;
+        let pinged = sh.pinged_at.load(Ordering::Acquire);
+        if pinged != 0 {
+            return if now.saturating_sub(pinged) >= idle {
+                Idle::TimedOut
+            } else {
+                Idle::Active
+            };
+        }
+        if now.saturating_sub(sh.last_rx.load(Ordering::Acquire)) >= idle {
+            sh.pinged_at.store(now.max(1), Ordering::Release);
+            return Idle::Ping;
+        }
+        Idle::Active
     }
 }
 
 /// The session side of a mailbox.
 pub struct Inbox {
-    pub rx: mpsc::Receiver<Outbound>,
-    pub kill: Arc<Notify>,
+    shared: Arc<Shared>,
 }
 
-pub fn mailbox(id: u64, capacity: usize) -> (Mailbox, Inbox) {
-    let (tx, rx) = mpsc::channel(capacity);
-    let kill = Arc::new(Notify::new());
+impl Inbox {
+    /// The next queued item, without waiting.
+    pub fn try_recv(&self) -> Option<Outbound> {
+        let mut q = self.shared.queue.lock().unwrap_or_else(|p| p.into_inner());
+        let item = q.pop_front();
+        if q.is_empty() && q.capacity() > 0 {
+            // Give the buffer back: idle sessions keep none.
+            *q = VecDeque::new();
+        }
+        item
+    }
+
+    /// The next queued item; `None` once closed and drained. Cancel-safe:
+    /// nothing is taken from the queue unless it is returned. After an
+    /// overflow it is the `resource-constraint` close.
+    pub async fn recv(&self) -> Option<Outbound> {
+        loop {
+            if self.is_killed() {
+                return Some(Outbound::Close(Box::new((
+                    StreamCondition::ResourceConstraint,
+                    "too many stanzas waiting; the client is not reading".into(),
+                ))));
+            }
+            if let Some(item) = self.try_recv() {
+                return Some(item);
+            }
+            if self.shared.closed.load(Ordering::Acquire) {
+                return None;
+            }
+            // A delivery between the check and here leaves a permit, so
+            // this cannot miss it.
+            self.shared.ready.notified().await;
+        }
+    }
+
+    pub fn is_killed(&self) -> bool {
+        self.shared.killed.load(Ordering::Acquire)
+    }
+
+    /// Resolves when the queue overflowed (the session must end). Only for
+    /// use while not in `recv` (it takes `recv`'s wake-ups; `recv` checks
+    /// the queue itself first, so none is lost).
+    pub async fn killed(&self) {
+        while !self.is_killed() {
+            self.shared.ready.notified().await;
+        }
+    }
+
+    /// The client sent something at server clock `now`.
+    pub fn touch(&self, now: u64) {
+        self.shared.last_rx.store(now, Ordering::Release);
+        self.shared.pinged_at.store(0, Ordering::Release);
+    }
+
+    /// Take no more deliveries (they fail and return to their senders).
+    pub fn close(&self) {
+        let _q = self.shared.queue.lock().unwrap_or_else(|p| p.into_inner());
+        self.shared.closed.store(true, Ordering::Release);
+    }
+}
+
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// A mailbox for a session whose client was last heard from at `now`.
+pub fn mailbox(id: u64, capacity: usize, now: u64) -> (Mailbox, Inbox) {
+    let shared = Arc::new(Shared {
+        queue: Mutex::new(VecDeque::new()),
+        capacity,
+        ready: Notify::new(),
+        killed: AtomicBool::new(false),
+        closed: AtomicBool::new(false),
+        last_rx: AtomicU64::new(now),
+        pinged_at: AtomicU64::new(0),
+    });
     (
         Mailbox {
             id,
-            tx,
-            kill: kill.clone(),
+            shared: shared.clone(),
         },
-        Inbox { rx, kill },
+        Inbox { shared },
     )
 }
 
@@ -90,12 +221,25 @@ pub struct Resource {
     /// Sent available presence (and not unavailable since).
     pub available: bool,
     pub priority: i8,
-    /// The last available presence broadcast (without `to`).
-    pub presence: Option<Arc<Element>>,
+    /// The last available presence broadcast, serialized without `from`
+    /// and `to`: a few dozen bytes per session instead of an element tree.
+    pub presence: Option<Arc<str>>,
     /// Asked for the roster, so gets roster pushes (RFC 6121 §2.1.6).
     pub roster_interested: bool,
     /// Asked for the block list, so gets block list pushes (XEP-0191).
     pub blocklist_interested: bool,
+}
+
+impl Resource {
+    /// This resource's current presence, from it to `to` (`None` when it
+    /// is not available).
+    pub fn presence_to(&self, to: &str) -> Option<Element> {
+        let stored = self.presence.as_ref().filter(|_| self.available)?;
+        let mut p = crate::xml::parse(stored).ok()?;
+        crate::stanza::set_attr(&mut p, "from", self.full.as_str());
+        crate::stanza::set_attr(&mut p, "to", to);
+        Some(p)
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -203,7 +347,7 @@ impl Sessions {
         &self,
         full: &FullJid,
         id: u64,
-        presence: Option<Arc<Element>>,
+        presence: Option<Arc<str>>,
         priority: i8,
     ) -> bool {
         let bare = full.to_bare();
@@ -257,6 +401,18 @@ impl Sessions {
     /// Number of bound sessions.
     pub fn count(&self) -> u64 {
         self.count.load(Ordering::Relaxed)
+    }
+
+    /// Visit every session without copying the registry (the idle sweeper
+    /// does this every few seconds). `f` runs under a shard's read lock:
+    /// it must not block.
+    pub fn for_each(&self, mut f: impl FnMut(&Resource)) {
+        for s in &self.shards {
+            let s = s.read().unwrap_or_else(|p| p.into_inner());
+            for l in s.values() {
+                l.iter().for_each(&mut f);
+            }
+        }
     }
 
     /// Every session's mailbox (for shutdown and announcements).

@@ -32,8 +32,18 @@ pub struct ClientState {
 
 /// Serve one accepted TCP connection until it ends.
 pub async fn serve(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr, direct_tls: bool) {
-    let conn = XmlConn::new(tcp, peer, ctx.limits, ctx.config.limits.c2s_bytes_per_sec);
-    if let Some((conn, bound)) = negotiate::run(&ctx, conn, direct_tls).await {
+    // A task's memory is the largest state of its future (plus every value
+    // moved through it): the connection and the negotiation future are
+    // boxed, so what an idle session keeps for hours is the session loop's
+    // state alone, not the TLS handshake's or SASL's.
+    let conn = Box::new(XmlConn::new(
+        tcp,
+        peer,
+        ctx.limits,
+        ctx.config.limits.c2s_bytes_per_sec,
+    ));
+    let negotiated = Box::pin(negotiate::run(&ctx, conn, direct_tls)).await;
+    if let Some((conn, bound)) = negotiated {
         session::run(ctx, conn, bound).await;
     }
 }

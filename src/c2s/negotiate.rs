@@ -70,7 +70,11 @@ struct Negotiation {
 
 /// Negotiate a client stream. Returns the connection and the bound session,
 /// or `None` when the stream ended (errors already sent).
-pub async fn run(ctx: &Arc<Ctx>, mut conn: XmlConn, direct_tls: bool) -> Option<(XmlConn, Bound)> {
+pub async fn run(
+    ctx: &Arc<Ctx>,
+    mut conn: Box<XmlConn>,
+    direct_tls: bool,
+) -> Option<(Box<XmlConn>, Bound)> {
     let mut neg = Negotiation {
         header_sent: false,
         stream_id: String::new(),
@@ -569,7 +573,8 @@ impl Negotiation {
                 }
             };
             let id_no = ctx.sessions.next_id();
-            let (mailbox, inbox) = sessions::mailbox(id_no, ctx.config.limits.session_queue);
+            let (mailbox, inbox) =
+                sessions::mailbox(id_no, ctx.config.limits.session_queue, ctx.clock());
             if let Some(old) = ctx.sessions.bind(full.clone(), mailbox) {
                 old.close(
                     SC::Conflict,

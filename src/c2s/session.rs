@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::time::Instant;
 use xmpp_parsers::stream_error::DefinedCondition as SC;
 
 use super::negotiate::{read_failure, Bound, Fail};
@@ -13,7 +12,7 @@ use crate::modules::{presence, Event};
 use crate::net::conn::XmlConn;
 use crate::server::Ctx;
 use crate::sessions::{Inbox, Outbound};
-use crate::stanza::{element, random_id, Kind};
+use crate::stanza::Kind;
 use crate::xml::{ns, writer, Frame};
 
 /// Most bytes gathered from the mailbox into one write.
@@ -37,57 +36,53 @@ impl From<Fail> for End {
     }
 }
 
-pub async fn run(ctx: Arc<Ctx>, mut conn: XmlConn, bound: Bound) {
+pub async fn run(ctx: Arc<Ctx>, mut conn: Box<XmlConn>, bound: Bound) {
     let Bound {
         mut state,
         mut inbox,
     } = bound;
     let end = session_loop(&ctx, &mut conn, &mut state, &mut inbox).await;
-    finish(&ctx, conn, state, inbox, end).await;
+    Box::pin(finish(&ctx, conn, state, inbox, end)).await;
 }
 
+/// The session loop: what arrives in the mailbox is written, what the
+/// client sends is routed. It holds no timer and no shutdown watch: the
+/// idle sweeper (`server::sweep_idle`) and the shutdown both reach a
+/// session through its mailbox, so an idle session's task is as small as
+/// it can be.
 async fn session_loop(
     ctx: &Arc<Ctx>,
     conn: &mut XmlConn,
     state: &mut ClientState,
     inbox: &mut Inbox,
 ) -> End {
-    let mut shutdown = ctx.shutdown_signal();
-    let kill = inbox.kill.clone();
-    let idle = ctx.config.idle_timeout();
-    let mut last_rx = Instant::now();
-    let mut pinged = false;
-    let sleep = tokio::time::sleep(idle);
-    tokio::pin!(sleep);
+    if ctx.is_shutting_down() {
+        return End::Error(SC::SystemShutdown, "server shutting down".into());
+    }
     loop {
         tokio::select! {
-            _ = crate::server::shutdown_requested(&mut shutdown) => {
-                return End::Error(SC::SystemShutdown, "server shutting down".into());
-            }
-            _ = kill.notified() => {
-                return End::Error(SC::ResourceConstraint, "too many stanzas waiting; the client is not reading".into());
-            }
-            m = inbox.rx.recv() => {
+            m = inbox.recv() => {
                 let Some(first) = m else { return End::Gone };
-                // A client that does not read blocks this write; its queue
-                // then fills and the kill notice ends the session at once
-                // instead of after the write timeout.
-                tokio::select! {
-                    end = write_batch(conn, &mut inbox.rx, first) => {
-                        if let Some(end) = end {
-                            return end;
-                        }
-                    }
-                    _ = kill.notified() => return End::Gone,
+                // Boxed: the write's state exists only while writing. A
+                // client that does not read blocks it; its queue then
+                // fills and the session ends at once instead of after the
+                // write timeout.
+                let (end, killed) = Box::pin(write_batch(conn, inbox, first)).await;
+                if killed {
+                    return End::Gone;
+                }
+                if let Some(end) = end {
+                    return end;
                 }
             }
             f = conn.read_frame() => {
-                last_rx = Instant::now();
-                pinged = false;
+                inbox.touch(ctx.clock());
                 match f {
                     Ok(Frame::Element(el)) => {
                         if Kind::of(&el).is_some() {
-                            crate::router::from_client(ctx, state, el).await;
+                            // Boxed: routing's state exists only while a
+                            // stanza is on its way, not in every idle session.
+                            Box::pin(crate::router::from_client(ctx, state, el)).await;
                         } else if let Some(end) = nonza(&el) {
                             return end;
                         }
@@ -97,28 +92,6 @@ async fn session_loop(
                         return End::Error(SC::NotWellFormed, "unexpected stream header".into());
                     }
                     Err(e) => return read_failure(e).into(),
-                }
-            }
-            () = &mut sleep => {
-                let now = Instant::now();
-                if now.duration_since(last_rx) < idle {
-                    sleep.as_mut().reset(last_rx + idle);
-                } else if !pinged {
-                    // XEP-0199 §4.2: the server checks the client is alive.
-                    let mut ping = element("iq", ns::CLIENT, &[
-                        ("type", "get"),
-                        ("id", &format!("ping-{}", random_id(6))),
-                        ("from", &ctx.domain),
-                        ("to", state.full.as_str()),
-                    ]);
-                    ping.append_child(element("ping", ns::PING, &[]));
-                    if conn.write_all(&writer::to_bytes(&ping)).await.is_err() {
-                        return End::Gone;
-                    }
-                    pinged = true;
-                    sleep.as_mut().reset(now + idle);
-                } else {
-                    return End::Error(SC::ConnectionTimeout, "no answer to ping".into());
                 }
             }
         }
@@ -133,12 +106,15 @@ fn nonza(el: &minidom::Element) -> Option<End> {
     ))
 }
 
-/// Write `first` and whatever else is queued, in one write.
+/// Write `first` and whatever else is queued, in one write. Returns how
+/// the session must end, if it must, and whether the queue overflowed
+/// while the write was blocked (a client that does not read: it then ends
+/// at once, not after the write timeout).
 async fn write_batch(
     conn: &mut XmlConn,
-    rx: &mut tokio::sync::mpsc::Receiver<Outbound>,
+    inbox: &mut Inbox,
     first: Outbound,
-) -> Option<End> {
+) -> (Option<End>, bool) {
     let mut buf = Vec::with_capacity(1024);
     let mut next = Some(first);
     let mut close = None;
@@ -154,19 +130,26 @@ async fn write_batch(
         if buf.len() >= WRITE_BATCH {
             break;
         }
-        next = rx.try_recv().ok();
+        next = inbox.try_recv();
     }
-    if !buf.is_empty() && conn.write_all(&buf).await.is_err() {
-        return Some(End::Gone);
+    if !buf.is_empty() {
+        tokio::select! {
+            r = conn.write_all(&buf) => {
+                if r.is_err() {
+                    return (Some(End::Gone), false);
+                }
+            }
+            _ = inbox.killed() => return (None, true),
+        }
     }
-    close
+    (close, false)
 }
 
 async fn finish(
     ctx: &Arc<Ctx>,
-    mut conn: XmlConn,
+    mut conn: Box<XmlConn>,
     mut state: ClientState,
-    mut inbox: Inbox,
+    inbox: Inbox,
     end: End,
 ) {
     ctx.sessions.unbind(&state.full, state.id);
@@ -188,8 +171,8 @@ async fn finish(
     // Whatever was queued for this session and not written goes back to
     // the router: messages reach another resource or offline storage, IQs
     // are answered with an error. Nothing acknowledged is dropped.
-    inbox.rx.close();
-    while let Ok(m) = inbox.rx.try_recv() {
+    inbox.close();
+    while let Some(m) = inbox.try_recv() {
         if let Outbound::Stanza(el) = m {
             if matches!(Kind::of(&el), Some(Kind::Message | Kind::Iq)) {
                 crate::router::route(ctx, *el).await;

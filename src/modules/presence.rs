@@ -75,14 +75,13 @@ async fn broadcast(ctx: &Arc<Ctx>, st: &mut ClientState, el: Element) {
     let available = stanza_type(&el) != "unavailable";
     let priority = if available { priority_of(&el) } else { 0 };
     let initial = available && !st.available;
-    let mut stored = el.clone();
-    remove_attr(&mut stored, "to");
-    ctx.sessions.set_presence(
-        &st.full,
-        st.id,
-        available.then(|| Arc::new(stored)),
-        priority,
-    );
+    let stored = available.then(|| {
+        let mut stored = el.clone();
+        remove_attr(&mut stored, "to");
+        remove_attr(&mut stored, "from");
+        Arc::from(crate::xml::writer::to_string(&stored))
+    });
+    ctx.sessions.set_presence(&st.full, st.id, stored, priority);
     st.available = available;
     st.priority = priority;
 
@@ -136,10 +135,7 @@ async fn initial_presence(ctx: &Arc<Ctx>, st: &ClientState) {
         if r.full == st.full {
             continue;
         }
-        if let Some(p) = &r.presence {
-            let mut p = (**p).clone();
-            set_attr(&mut p, "from", r.full.as_str());
-            set_attr(&mut p, "to", st.full.as_str());
+        if let Some(p) = r.presence_to(st.full.as_str()) {
             router::deliver_to_session(ctx, &st.full, p);
         }
     }
@@ -216,13 +212,9 @@ async fn answer_probe(ctx: &Arc<Ctx>, user: &BareJid, prober: &Jid) {
 /// Send `user`'s current presence (each available resource) to `to`.
 pub async fn send_current_to(ctx: &Arc<Ctx>, user: &BareJid, to: &Jid) {
     for r in ctx.sessions.resources(user) {
-        let Some(p) = r.presence.as_ref().filter(|_| r.available) else {
-            continue;
-        };
-        let mut p = (**p).clone();
-        set_attr(&mut p, "from", r.full.as_str());
-        set_attr(&mut p, "to", to.as_str());
-        router::send_as_user(ctx, p).await;
+        if let Some(p) = r.presence_to(to.as_str()) {
+            router::send_as_user(ctx, p).await;
+        }
     }
 }
 

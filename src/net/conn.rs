@@ -238,13 +238,19 @@ impl XmlConn {
     pub async fn read_frame(&mut self) -> Result<Frame, ConnError> {
         loop {
             if let Some(f) = self.frames.pop_front() {
+                if self.frames.is_empty() {
+                    // Give the queue's memory back: idle sessions keep none.
+                    self.frames = VecDeque::new();
+                }
                 return Ok(f);
             }
             if let Some(e) = self.pending_error.take() {
                 return Err(ConnError::Xml(e));
             }
             if let Some(wait) = self.rate.wait() {
-                tokio::time::sleep(wait).await;
+                // Boxed: a timer exists only while a flood is slowed down,
+                // not in the state of every idle session's read.
+                Box::pin(tokio::time::sleep(wait)).await;
                 continue;
             }
             let n = self.fill().await?;

@@ -18,6 +18,26 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreError(pub String);
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scram_records_are_compact_and_old_ones_still_read() {
+        let r = ScramRecord {
+            iterations: 4096,
+            salt: vec![1, 2, 3],
+            stored_key: vec![255; 20],
+            server_key: vec![0; 20],
+        };
+        let json = serde_json::to_string(&r).unwrap();
+        assert!(json.contains("\"salt\":\"AQID\""), "{json}");
+        assert_eq!(serde_json::from_str::<ScramRecord>(&json).unwrap(), r);
+        let old = r#"{"iterations":4096,"salt":[1,2,3],"stored_key":[255,255,255,255,255,255,255,255,255,255,255,255,255,255,255,255,255,255,255,255],"server_key":[0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0]}"#;
+        assert_eq!(serde_json::from_str::<ScramRecord>(old).unwrap(), r);
+    }
+}
+
 impl std::fmt::Display for StoreError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "storage error: {}", self.0)
@@ -32,9 +52,52 @@ pub type StoreResult<T> = Result<T, StoreError>;
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ScramRecord {
     pub iterations: u32,
+    #[serde(with = "b64")]
     pub salt: Vec<u8>,
+    #[serde(with = "b64")]
     pub stored_key: Vec<u8>,
+    #[serde(with = "b64")]
     pub server_key: Vec<u8>,
+}
+
+/// Byte strings in stored records as base64 text: a third of the size of
+/// JSON's number arrays (records are read at every login and kept in the
+/// database cache). Reading also accepts the number arrays.
+mod b64 {
+    use base64::engine::general_purpose::STANDARD;
+    use base64::Engine;
+    use serde::de::{self, SeqAccess, Visitor};
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(v))
+    }
+
+    struct BytesVisitor;
+
+    impl<'de> Visitor<'de> for BytesVisitor {
+        type Value = Vec<u8>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("base64 text or an array of bytes")
+        }
+
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Vec<u8>, E> {
+            STANDARD.decode(v).map_err(E::custom)
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
+            while let Some(b) = seq.next_element::<u8>()? {
+                out.push(b);
+            }
+            Ok(out)
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        d.deserialize_any(BytesVisitor)
+    }
 }
 
 impl std::fmt::Debug for ScramRecord {

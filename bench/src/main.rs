@@ -1,0 +1,361 @@
+//! confab-bench: Confab, Prosody and ejabberd measured side by side on this
+//! machine, in one run, with the same features on.
+//!
+//! ```sh
+//! cargo run --release -p confab-bench -- --target all --scenario all
+//! ```
+//!
+//! Each target is started with a fresh data directory on its own loopback
+//! address (Confab 127.0.0.10, Prosody 127.0.0.11, ejabberd 127.0.0.12),
+//! gets its users, is measured, and is stopped by PID. Results are printed
+//! as one table and written as JSON to bench/results/.
+
+mod client;
+mod scenarios;
+mod targets;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::{Parser, ValueEnum};
+
+use client::{KeyCache, Mech, Target};
+use scenarios::{ChatResult, ConnectResult};
+use targets::{Kind, Running};
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+enum Which {
+    Confab,
+    Prosody,
+    Ejabberd,
+    All,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+enum Scenario {
+    Connect,
+    Chat,
+    All,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+enum MechArg {
+    Scram,
+    Plain,
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "confab-bench",
+    about = "Side-by-side load benchmark: Confab, Prosody, ejabberd"
+)]
+struct Args {
+    /// Which server(s) to measure.
+    #[arg(long, value_enum, default_value = "all")]
+    target: Which,
+    /// Which scenario(s) to run.
+    #[arg(long, value_enum, default_value = "all")]
+    scenario: Scenario,
+    /// Connections held idle in the connect scenario.
+    #[arg(long, default_value_t = 10_000)]
+    connections: usize,
+    /// Logins in flight at once.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Online users in the chat scenario (in pairs).
+    #[arg(long, default_value_t = 200)]
+    chat_users: usize,
+    /// Total message rates to step through, per second.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "50,100,200,500,1000,2000,5000,10000,20000,30000,40000,60000"
+    )]
+    rates: Vec<u64>,
+    /// Seconds per rate step.
+    #[arg(long, default_value_t = 5)]
+    step_secs: u64,
+    /// SASL mechanism for logins.
+    #[arg(long, value_enum, default_value = "scram")]
+    mech: MechArg,
+    /// Where the JSON results go.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/results"))]
+    out: PathBuf,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct TargetResult {
+    server: Kind,
+    features: targets::Features,
+    version: String,
+    connect: Option<ConnectResult>,
+    chat: Option<ChatResult>,
+    error: Option<String>,
+}
+
+fn version(kind: Kind) -> String {
+    let cmd: &[&str] = match kind {
+        Kind::Confab => return format!("confab {}", env!("CARGO_PKG_VERSION")),
+        Kind::Prosody => &["dpkg-query", "-W", "-f", "${Version}", "prosody"],
+        Kind::Ejabberd => &["dpkg-query", "-W", "-f", "${Version}", "ejabberd"],
+    };
+    std::process::Command::new(cmd[0])
+        .args(&cmd[1..])
+        .output()
+        .map(|o| format!("{} {}", kind.name(), String::from_utf8_lossy(&o.stdout)))
+        .unwrap_or_else(|_| kind.name().to_string())
+}
+
+fn raise_fd_limit() {
+    if let Ok((_, hard)) = rlimit::Resource::NOFILE.get() {
+        let _ = rlimit::Resource::NOFILE.set(hard, hard);
+    }
+}
+
+async fn run_target(kind: Kind, args: &Args, work: &std::path::Path) -> TargetResult {
+    let mut res = TargetResult {
+        server: kind,
+        features: kind.features(),
+        version: version(kind),
+        connect: None,
+        chat: None,
+        error: None,
+    };
+    let users = match args.scenario {
+        Scenario::Connect => args.connections,
+        Scenario::Chat => args.chat_users,
+        Scenario::All => args.connections.max(args.chat_users),
+    };
+    eprintln!("== {}: starting with {users} users", kind.name());
+    let mut server = match Running::start(kind, work, users).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("   {e}");
+            res.error = Some(e);
+            return res;
+        }
+    };
+    let t = Target {
+        addr: kind.addr(),
+        domain: kind.domain().to_string(),
+        tls: client::tls_config(),
+        keys: Arc::new(KeyCache::default()),
+    };
+    if server.needs_registration() {
+        eprintln!("   registering {users} users in-band");
+        if let Err(e) = scenarios::register_all(&t, users, args.concurrency).await {
+            eprintln!("   {e}");
+            res.error = Some(e);
+            server.stop();
+            return res;
+        }
+    }
+    let mech = match args.mech {
+        MechArg::Scram => Mech::ScramSha1,
+        MechArg::Plain => Mech::Plain,
+    };
+    if matches!(args.scenario, Scenario::Connect | Scenario::All) {
+        eprintln!(
+            "   connect: {} logins, {} in flight",
+            args.connections, args.concurrency
+        );
+        let r = scenarios::connect(&server, &t, args.connections, mech, args.concurrency).await;
+        eprintln!(
+            "   {:.0} logins/s, {:.2} ms server CPU per login, {:.1} KiB per idle connection ({} failed{})",
+            r.logins_per_sec,
+            r.server_cpu_ms_per_login,
+            r.rss_per_idle_connection_kib,
+            r.failed,
+            r.first_error.as_deref().map(|e| format!(": {e}")).unwrap_or_default()
+        );
+        res.connect = Some(r);
+    }
+    if matches!(args.scenario, Scenario::Chat | Scenario::All) {
+        eprintln!(
+            "   chat: {} users in pairs, {} s per step",
+            args.chat_users, args.step_secs
+        );
+        let r = scenarios::chat(
+            &server,
+            &t,
+            args.chat_users,
+            mech,
+            args.concurrency,
+            &args.rates,
+            args.step_secs,
+        )
+        .await;
+        if let Some(e) = &r.first_error {
+            eprintln!("   login failures: {} ({e})", r.login_failures);
+        }
+        eprintln!("   max sustainable: {}/s", r.max_sustainable_per_sec);
+        res.chat = Some(r);
+    }
+    server.stop();
+    res
+}
+
+fn ratio(a: Option<f64>, b: Option<f64>, higher_is_better: bool) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) if a > 0.0 && b > 0.0 => {
+            let r = if higher_is_better { a / b } else { b / a };
+            format!("{r:.1}x")
+        }
+        _ => "-".into(),
+    }
+}
+
+fn cell(v: Option<f64>, prec: usize) -> String {
+    v.map(|v| format!("{v:.prec$}"))
+        .unwrap_or_else(|| "-".into())
+}
+
+fn print_table(results: &[TargetResult]) {
+    let get = |k: Kind| results.iter().find(|r| r.server == k);
+    let metric = |k: Kind, f: &dyn Fn(&TargetResult) -> Option<f64>| get(k).and_then(f);
+    type Row<'a> = (
+        &'a str,
+        Box<dyn Fn(&TargetResult) -> Option<f64>>,
+        usize,
+        bool,
+    );
+    let rows: Vec<Row> = vec![
+        (
+            "logins/s",
+            Box::new(|r| r.connect.as_ref().map(|c| c.logins_per_sec)),
+            0,
+            true,
+        ),
+        (
+            "server CPU ms per login",
+            Box::new(|r| r.connect.as_ref().map(|c| c.server_cpu_ms_per_login)),
+            3,
+            false,
+        ),
+        (
+            "RSS KiB per idle TLS connection",
+            Box::new(|r| r.connect.as_ref().map(|c| c.rss_per_idle_connection_kib)),
+            1,
+            false,
+        ),
+        (
+            "idle connections held",
+            Box::new(|r| r.connect.as_ref().map(|c| c.connections as f64)),
+            0,
+            true,
+        ),
+        (
+            "loadgen CPU % during logins",
+            Box::new(|r| r.connect.as_ref().map(|c| c.loadgen_cpu_percent)),
+            0,
+            false,
+        ),
+        (
+            "max sustainable chat msgs/s",
+            Box::new(|r| r.chat.as_ref().map(|c| c.max_sustainable_per_sec as f64)),
+            0,
+            true,
+        ),
+    ];
+    println!();
+    println!(
+        "| {:<32} | {:>10} | {:>10} | {:>10} | {:>12} | {:>13} |",
+        "metric", "Confab", "Prosody", "ejabberd", "vs Prosody", "vs ejabberd"
+    );
+    println!(
+        "|{:-<34}|{:->12}|{:->12}|{:->12}|{:->14}|{:->15}|",
+        "", "", "", "", "", ""
+    );
+    for (name, f, prec, hib) in &rows {
+        let c = metric(Kind::Confab, f.as_ref());
+        let p = metric(Kind::Prosody, f.as_ref());
+        let e = metric(Kind::Ejabberd, f.as_ref());
+        println!(
+            "| {:<32} | {:>10} | {:>10} | {:>10} | {:>12} | {:>13} |",
+            name,
+            cell(c, *prec),
+            cell(p, *prec),
+            cell(e, *prec),
+            ratio(c, p, *hib),
+            ratio(c, e, *hib)
+        );
+    }
+    for k in [Kind::Confab, Kind::Prosody, Kind::Ejabberd] {
+        if let Some(r) = get(k) {
+            let f = &r.features;
+            println!(
+                "{}: archive {}; carbons {}; offline {}; storage {}{}",
+                r.version.trim(),
+                f.archive,
+                f.carbons,
+                f.offline,
+                f.storage,
+                r.error
+                    .as_deref()
+                    .map(|e| format!("; ERROR: {e}"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    for r in results {
+        let Some(c) = &r.chat else { continue };
+        println!();
+        println!("chat steps, {} ({} users):", r.server.name(), c.users);
+        println!("| offered/s | delivered/s |   p50 ms |   p99 ms |   max ms | lost | server CPU % | loadgen CPU % |");
+        for s in &c.steps {
+            println!(
+                "| {:>9} | {:>11.0} | {:>8.1} | {:>8.1} | {:>8.1} | {:>4} | {:>12.0} | {:>13.0} |",
+                s.offered_per_sec,
+                s.delivered_per_sec,
+                s.p50_ms,
+                s.p99_ms,
+                s.max_ms,
+                s.lost,
+                s.server_cpu_percent,
+                s.loadgen_cpu_percent
+            );
+        }
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let args = Args::parse();
+    raise_fd_limit();
+    let kinds: Vec<Kind> = match args.target {
+        Which::Confab => vec![Kind::Confab],
+        Which::Prosody => vec![Kind::Prosody],
+        Which::Ejabberd => vec![Kind::Ejabberd],
+        Which::All => vec![Kind::Confab, Kind::Prosody, Kind::Ejabberd],
+    };
+    let work = std::env::temp_dir().join(format!("confab-bench-{}", std::process::id()));
+    if let Err(e) = std::fs::create_dir_all(&work) {
+        eprintln!("cannot create {}: {e}", work.display());
+        std::process::exit(1);
+    }
+    let mut results = Vec::new();
+    for k in kinds {
+        results.push(run_target(k, &args, &work).await);
+    }
+    print_table(&results);
+    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
+    let report = serde_json::json!({
+        "date": stamp,
+        "command": std::env::args().collect::<Vec<_>>().join(" "),
+        "machine": {
+            "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+            "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
+        },
+        "results": results,
+    });
+    let _ = std::fs::create_dir_all(&args.out);
+    let path = args.out.join(format!("{stamp}.json"));
+    match serde_json::to_string_pretty(&report)
+        .map_err(|e| e.to_string())
+        .and_then(|s| std::fs::write(&path, s).map_err(|e| e.to_string()))
+    {
+        Ok(()) => println!("\nwritten to {}", path.display()),
+        Err(e) => eprintln!("cannot write {}: {e}", path.display()),
+    }
+    let _ = std::fs::remove_dir_all(&work);
+}
