@@ -2,7 +2,8 @@
 # ejabberd.sh — a throw-away ejabberd (Debian package, 23.01) for interop tests.
 # (Copied from the interop lab for the benchmark; changes: no limit on
 # how often one address may register, so the benchmark can create its
-# users in-band.)
+# users in-band; EJABBERD_BACKLOG sets the c2s listen backlog, whose
+# default of 5 drops connection attempts under a burst of logins.)
 #
 #   ejabberd.sh [-d DIR] start              write config + cert, start, wait for ports
 #   ejabberd.sh [-d DIR] stop               stop the node started from DIR (by PID)
@@ -117,6 +118,7 @@ listen:
   - port: $C2S_PORT
     ip: "$IP"
     module: ejabberd_c2s
+    backlog: ${EJABBERD_BACKLOG:-5}
     max_stanza_size: 262144
     starttls_required: true
     access: c2s
@@ -124,6 +126,7 @@ listen:
   - port: $C2S_TLS_PORT
     ip: "$IP"
     module: ejabberd_c2s
+    backlog: ${EJABBERD_BACKLOG:-5}
     max_stanza_size: 262144
     tls: true
     access: c2s

@@ -91,6 +91,23 @@ async fn login_many(
     out
 }
 
+/// Wait until the server uses under 10% of a core (bounded to 30 s).
+async fn wait_quiet(server: &Running) {
+    let t0 = Instant::now();
+    let mut quiet = 0;
+    let mut last = server.cpu_ms();
+    while quiet < 2 && t0.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = server.cpu_ms();
+        quiet = if now.saturating_sub(last) < 50 {
+            quiet + 1
+        } else {
+            0
+        };
+        last = now;
+    }
+}
+
 pub async fn connect(
     server: &Running,
     t: &Target,
@@ -98,7 +115,7 @@ pub async fn connect(
     mech: Mech,
     concurrency: usize,
 ) -> ConnectResult {
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    wait_quiet(server).await;
     let rss_before = server.rss_kib();
     let cpu0 = server.cpu_ms();
     let self0 = targets::proc_cpu_ms("self");
@@ -111,7 +128,8 @@ pub async fn connect(
     let first_error = results.iter().find_map(|r| r.as_ref().err().cloned());
     let ok = n - failed;
     // Let the server settle, then read its memory with every session idle.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    wait_quiet(server).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_idle = server.rss_kib();
     let sessions: Vec<Session> = results.into_iter().filter_map(Result::ok).collect();
     let r = ConnectResult {
@@ -276,8 +294,9 @@ pub async fn chat(
             }
         }));
     }
-    // Settle: presence and carbons answers are read and dropped.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Settle: let the server finish what the logins started (presence,
+    // carbons, archive preferences) before measuring anything.
+    wait_quiet(server).await;
 
     let domain = t.domain.clone();
     for (step, &rate) in rates.iter().enumerate() {

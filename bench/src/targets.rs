@@ -114,6 +114,14 @@ fn run_script(work: &Path, kind: Kind, args: &[&str]) -> Result<String, String> 
         .env("EJABBERD_MAM", "1")
         .env("EJABBERD_REGISTRATION", "1")
         .env("EJABBERD_LOGLEVEL", "warning")
+        // Same listen backlog for all three (Confab listens with 4096):
+        // ejabberd's default of 5 drops SYNs under a burst of logins.
+        .env("EJABBERD_BACKLOG", "4096")
+        .env("PROSODY_BACKLOG", "4096")
+        // TCP_NODELAY, as Confab and ejabberd do: Nagle would add ~40 ms
+        // per reply on loopback and make every latency figure Prosody's
+        // delayed ACKs.
+        .env("PROSODY_NAGLE", "false")
         .stdin(Stdio::null())
         .output()
         .map_err(|e| format!("{}: {e}", script(kind).display()))?;

@@ -60,6 +60,8 @@ const MAX_SASL_BYTES: usize = 4096;
 
 struct Negotiation {
     header_sent: bool,
+    /// Our stream header, not yet written.
+    pending: Vec<u8>,
     stream_id: String,
     lang: Option<String>,
     authed: Option<BareJid>,
@@ -77,6 +79,7 @@ pub async fn run(
 ) -> Option<(Box<XmlConn>, Bound)> {
     let mut neg = Negotiation {
         header_sent: false,
+        pending: Vec::new(),
         stream_id: String::new(),
         lang: None,
         authed: None,
@@ -100,7 +103,10 @@ pub async fn run(
                 return None;
             }
             if !neg.header_sent {
-                neg.send_header(ctx, &mut conn, None).await;
+                neg.send_header(ctx, None);
+            }
+            if !neg.pending.is_empty() {
+                let _ = conn.write_all(&std::mem::take(&mut neg.pending)).await;
             }
             super::close_with_error(&mut conn, cond, Some(&text)).await;
             None
@@ -113,16 +119,17 @@ pub async fn run(
 }
 
 impl Negotiation {
-    async fn send_header(&mut self, ctx: &Ctx, conn: &mut XmlConn, to: Option<&str>) {
+    /// Our stream header, written together with what follows it (the
+    /// features, or a stream error): one write instead of two.
+    fn send_header(&mut self, ctx: &Ctx, to: Option<&str>) {
         self.stream_id = random_id(12);
-        let lang = self.lang.clone().unwrap_or_else(|| "en".into());
-        let h = writer::stream_header(&ctx.domain, to, &self.stream_id, ns::CLIENT, &lang);
+        let lang = self.lang.as_deref().unwrap_or("en");
+        self.pending = writer::stream_header(&ctx.domain, to, &self.stream_id, ns::CLIENT, lang);
         self.header_sent = true;
-        let _ = conn.write_all(&h).await;
     }
 
-    async fn send(&self, conn: &mut XmlConn, el: &Element) -> Result<(), Fail> {
-        let mut out = Vec::with_capacity(256);
+    async fn send(&mut self, conn: &mut XmlConn, el: &Element) -> Result<(), Fail> {
+        let mut out = std::mem::take(&mut self.pending);
         writer::write_stream_element(el, &mut out);
         conn.write_all(&out).await.map_err(|_| Fail::Closed)
     }
@@ -151,7 +158,7 @@ impl Negotiation {
             .from
             .as_deref()
             .filter(|f| xmpp_parsers::jid::Jid::new(f).is_ok());
-        self.send_header(ctx, conn, reply_to).await;
+        self.send_header(ctx, reply_to);
         if h.element_ns != ns::STREAM || h.element_name != "stream" {
             return Err(fail(
                 SC::InvalidNamespace,
@@ -420,7 +427,7 @@ impl Negotiation {
     }
 
     /// Send a challenge and read the client's response.
-    async fn challenge(&self, conn: &mut XmlConn, data: &[u8]) -> Result<Response, Fail> {
+    async fn challenge(&mut self, conn: &mut XmlConn, data: &[u8]) -> Result<Response, Fail> {
         let mut c = Element::bare("challenge", ns::SASL);
         if !data.is_empty() {
             c.append_text(base64::engine::general_purpose::STANDARD.encode(data));
@@ -440,7 +447,7 @@ impl Negotiation {
     }
 
     async fn sasl_plain(
-        &self,
+        &mut self,
         ctx: &Arc<Ctx>,
         conn: &mut XmlConn,
         initial: Option<Vec<u8>>,
@@ -479,7 +486,7 @@ impl Negotiation {
     }
 
     async fn sasl_scram(
-        &self,
+        &mut self,
         ctx: &Arc<Ctx>,
         conn: &mut XmlConn,
         hash: ScramHash,
