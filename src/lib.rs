@@ -8,6 +8,8 @@ pub mod admin;
 pub mod auth;
 pub mod c2s;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod modules;
 pub mod net;
 pub mod router;

@@ -112,6 +112,30 @@ fn raise_fd_limit() {
     }
 }
 
+/// Start `kind` with `users` accounts (registering them in-band where
+/// the server needs that).
+async fn start(
+    kind: Kind,
+    work: &std::path::Path,
+    users: usize,
+    t: &Target,
+    concurrency: usize,
+) -> Result<Running, String> {
+    eprintln!("== {}: starting with {users} users", kind.name());
+    let mut server = Running::start(kind, work, users).await?;
+    if server.needs_registration() {
+        eprintln!("   registering {users} users in-band");
+        if let Err(e) = scenarios::register_all(t, users, concurrency).await {
+            server.stop();
+            return Err(e);
+        }
+    }
+    Ok(server)
+}
+
+/// Each scenario runs on a freshly started server with a fresh data
+/// directory, so that one scenario's aftermath (10,000 sessions closing,
+/// a garbage collector catching up) is not measured as the next one's.
 async fn run_target(kind: Kind, args: &Args, work: &std::path::Path) -> TargetResult {
     let mut res = TargetResult {
         server: kind,
@@ -121,77 +145,89 @@ async fn run_target(kind: Kind, args: &Args, work: &std::path::Path) -> TargetRe
         chat: None,
         error: None,
     };
-    let users = match args.scenario {
-        Scenario::Connect => args.connections,
-        Scenario::Chat => args.chat_users,
-        Scenario::All => args.connections.max(args.chat_users),
-    };
-    eprintln!("== {}: starting with {users} users", kind.name());
-    let mut server = match Running::start(kind, work, users).await {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("   {e}");
-            res.error = Some(e);
-            return res;
-        }
-    };
     let t = Target {
         addr: kind.addr(),
         domain: kind.domain().to_string(),
         tls: client::tls_config(),
         keys: Arc::new(KeyCache::default()),
     };
-    if server.needs_registration() {
-        eprintln!("   registering {users} users in-band");
-        if let Err(e) = scenarios::register_all(&t, users, args.concurrency).await {
-            eprintln!("   {e}");
-            res.error = Some(e);
-            server.stop();
-            return res;
-        }
-    }
     let mech = match args.mech {
         MechArg::Scram => Mech::ScramSha1,
         MechArg::Plain => Mech::Plain,
     };
     if matches!(args.scenario, Scenario::Connect | Scenario::All) {
-        eprintln!(
-            "   connect: {} logins, {} in flight",
-            args.connections, args.concurrency
-        );
-        let r = scenarios::connect(&server, &t, args.connections, mech, args.concurrency).await;
-        eprintln!(
-            "   {:.0} logins/s, {:.2} ms server CPU per login, {:.1} KiB per idle connection ({} failed{})",
-            r.logins_per_sec,
-            r.server_cpu_ms_per_login,
-            r.rss_per_idle_connection_kib,
-            r.failed,
-            r.first_error.as_deref().map(|e| format!(": {e}")).unwrap_or_default()
-        );
-        res.connect = Some(r);
+        match start(
+            kind,
+            &work.join("connect"),
+            args.connections,
+            &t,
+            args.concurrency,
+        )
+        .await
+        {
+            Ok(mut server) => {
+                eprintln!(
+                    "   connect: {} logins, {} in flight",
+                    args.connections, args.concurrency
+                );
+                let r =
+                    scenarios::connect(&server, &t, args.connections, mech, args.concurrency).await;
+                eprintln!(
+                    "   {:.0} logins/s, {:.2} ms server CPU per login, {:.1} KiB per idle connection ({} failed{})",
+                    r.logins_per_sec,
+                    r.server_cpu_ms_per_login,
+                    r.rss_per_idle_connection_kib,
+                    r.failed,
+                    r.first_error.as_deref().map(|e| format!(": {e}")).unwrap_or_default()
+                );
+                res.connect = Some(r);
+                server.stop();
+            }
+            Err(e) => {
+                eprintln!("   {e}");
+                res.error = Some(e);
+                return res;
+            }
+        }
     }
     if matches!(args.scenario, Scenario::Chat | Scenario::All) {
-        eprintln!(
-            "   chat: {} users in pairs, {} s per step",
-            args.chat_users, args.step_secs
-        );
-        let r = scenarios::chat(
-            &server,
-            &t,
+        match start(
+            kind,
+            &work.join("chat"),
             args.chat_users,
-            mech,
+            &t,
             args.concurrency,
-            &args.rates,
-            args.step_secs,
         )
-        .await;
-        if let Some(e) = &r.first_error {
-            eprintln!("   login failures: {} ({e})", r.login_failures);
+        .await
+        {
+            Ok(mut server) => {
+                eprintln!(
+                    "   chat: {} users in pairs, {} s per step",
+                    args.chat_users, args.step_secs
+                );
+                let r = scenarios::chat(
+                    &server,
+                    &t,
+                    args.chat_users,
+                    mech,
+                    args.concurrency,
+                    &args.rates,
+                    args.step_secs,
+                )
+                .await;
+                if let Some(e) = &r.first_error {
+                    eprintln!("   login failures: {} ({e})", r.login_failures);
+                }
+                eprintln!("   max sustainable: {}/s", r.max_sustainable_per_sec);
+                res.chat = Some(r);
+                server.stop();
+            }
+            Err(e) => {
+                eprintln!("   {e}");
+                res.error = Some(e);
+            }
         }
-        eprintln!("   max sustainable: {}/s", r.max_sustainable_per_sec);
-        res.chat = Some(r);
     }
-    server.stop();
     res
 }
 
@@ -217,44 +253,45 @@ fn print_table(results: &[TargetResult]) {
         &'a str,
         Box<dyn Fn(&TargetResult) -> Option<f64>>,
         usize,
-        bool,
+        // higher is better; None: no ratio (an informative row)
+        Option<bool>,
     );
     let rows: Vec<Row> = vec![
         (
             "logins/s",
             Box::new(|r| r.connect.as_ref().map(|c| c.logins_per_sec)),
             0,
-            true,
+            Some(true),
         ),
         (
             "server CPU ms per login",
             Box::new(|r| r.connect.as_ref().map(|c| c.server_cpu_ms_per_login)),
             3,
-            false,
+            Some(false),
         ),
         (
             "RSS KiB per idle TLS connection",
             Box::new(|r| r.connect.as_ref().map(|c| c.rss_per_idle_connection_kib)),
             1,
-            false,
+            Some(false),
         ),
         (
             "idle connections held",
             Box::new(|r| r.connect.as_ref().map(|c| c.connections as f64)),
             0,
-            true,
+            None,
         ),
         (
             "loadgen CPU % during logins",
             Box::new(|r| r.connect.as_ref().map(|c| c.loadgen_cpu_percent)),
             0,
-            false,
+            None,
         ),
         (
             "max sustainable chat msgs/s",
             Box::new(|r| r.chat.as_ref().map(|c| c.max_sustainable_per_sec as f64)),
             0,
-            true,
+            Some(true),
         ),
     ];
     println!();
@@ -276,8 +313,8 @@ fn print_table(results: &[TargetResult]) {
             cell(c, *prec),
             cell(p, *prec),
             cell(e, *prec),
-            ratio(c, p, *hib),
-            ratio(c, e, *hib)
+            hib.map(|h| ratio(c, p, h)).unwrap_or_default(),
+            hib.map(|h| ratio(c, e, h)).unwrap_or_default()
         );
     }
     for k in [Kind::Confab, Kind::Prosody, Kind::Ejabberd] {
