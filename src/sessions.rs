@@ -231,6 +231,13 @@ pub struct Resource {
 }
 
 impl Resource {
+    pub fn wants(&self, interest: Interest) -> bool {
+        match interest {
+            Interest::Roster => self.roster_interested,
+            Interest::BlockList => self.blocklist_interested,
+        }
+    }
+
     /// This resource's current presence, from it to `to` (`None` when it
     /// is not available).
     pub fn presence_to(&self, to: &str) -> Option<Element> {

@@ -11,7 +11,7 @@ use xmpp_parsers::stanza_error::{DefinedCondition as Cond, ErrorType};
 use super::{Filter, IqHandler, IqRequest, IqResult, IqType, Point, Registry, Target, Verdict};
 use crate::server::Ctx;
 use crate::sessions::Interest;
-use crate::stanza::{self, element, random_id, simple_error, stanza_type, Kind};
+use crate::stanza::{self, element, simple_error, stanza_type, Kind};
 use crate::store::BoxFuture;
 use crate::xml::ns;
 
@@ -247,24 +247,9 @@ impl IqHandler for Blocking {
 
 /// Tell the user's resources that asked for the list (XEP-0191 §3.3).
 fn push(ctx: &Ctx, user: &BareJid, what: &str, jids: &[String]) {
-    for r in ctx.sessions.resources(user) {
-        if !r.blocklist_interested {
-            continue;
-        }
-        let mut iq = element(
-            "iq",
-            ns::CLIENT,
-            &[
-                ("type", "set"),
-                ("id", &format!("push-{}", random_id(6))),
-                ("to", r.full.as_str()),
-            ],
-        );
-        let mut b = Element::bare(what, ns::BLOCKING);
-        for j in jids {
-            b.append_child(element("item", ns::BLOCKING, &[("jid", j)]));
-        }
-        iq.append_child(b);
-        let _ = r.mailbox.deliver(iq);
+    let mut b = Element::bare(what, ns::BLOCKING);
+    for j in jids {
+        b.append_child(element("item", ns::BLOCKING, &[("jid", j)]));
     }
+    super::push(ctx, user, Interest::BlockList, &b);
 }

@@ -215,6 +215,28 @@ impl Registry {
     }
 }
 
+/// A server push (an IQ set from the account to itself, as roster and
+/// block-list pushes are) of `payload` to each of `user`'s resources that
+/// asked for it.
+pub fn push(ctx: &Ctx, user: &BareJid, interest: crate::sessions::Interest, payload: &Element) {
+    for r in ctx.sessions.resources(user) {
+        if !r.wants(interest) {
+            continue;
+        }
+        let mut iq = crate::stanza::element(
+            "iq",
+            crate::xml::ns::CLIENT,
+            &[
+                ("type", "set"),
+                ("id", &format!("push-{}", crate::stanza::random_id(6))),
+                ("to", r.full.as_str()),
+            ],
+        );
+        iq.append_child(payload.clone());
+        let _ = r.mailbox.deliver(iq);
+    }
+}
+
 /// Register every module, in order. A feature is switched off by removing
 /// its line here.
 pub fn registry() -> Registry {

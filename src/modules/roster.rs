@@ -11,7 +11,7 @@ use super::{IqHandler, IqRequest, IqResult, IqType, Registry, Target};
 use crate::router;
 use crate::server::Ctx;
 use crate::sessions::Interest;
-use crate::stanza::{element, random_id, simple_error, stanza_type};
+use crate::stanza::{element, simple_error, stanza_type};
 use crate::store::{BoxFuture, RosterItem, StoreError};
 use crate::xml::{ns, writer};
 
@@ -54,24 +54,9 @@ pub fn item_element(item: &RosterItem) -> Element {
 /// Send a roster push (RFC 6121 §2.1.6) to every resource of `user` that
 /// asked for the roster.
 pub fn push(ctx: &Ctx, user: &BareJid, item: Element, ver: u64) {
-    for r in ctx.sessions.resources(user) {
-        if !r.roster_interested {
-            continue;
-        }
-        let mut iq = element(
-            "iq",
-            ns::CLIENT,
-            &[
-                ("type", "set"),
-                ("id", &format!("push-{}", random_id(6))),
-                ("to", r.full.as_str()),
-            ],
-        );
-        let mut q = element("query", ns::ROSTER, &[("ver", &ver.to_string())]);
-        q.append_child(item.clone());
-        iq.append_child(q);
-        let _ = r.mailbox.deliver(iq);
-    }
+    let mut q = element("query", ns::ROSTER, &[("ver", &ver.to_string())]);
+    q.append_child(item);
+    super::push(ctx, user, Interest::Roster, &q);
 }
 
 /// Write an item and push it if it is (or was) in the roster.

@@ -29,6 +29,23 @@ fn confab(config: &std::path::Path, args: &[&str], stdin: Option<&str>) -> std::
     child.wait_with_output().unwrap()
 }
 
+/// `confab` on a blocking thread (the in-process server keeps running).
+async fn confab_async(
+    config: &std::path::Path,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> std::process::Output {
+    let config = config.to_path_buf();
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let stdin = stdin.map(str::to_string);
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        confab(&config, &args, stdin.as_deref())
+    })
+    .await
+    .unwrap()
+}
+
 fn write_config(dir: &std::path::Path, data: &std::path::Path) -> std::path::PathBuf {
     let p = dir.join("confab.toml");
     std::fs::write(
@@ -49,29 +66,18 @@ async fn user_commands_with_and_without_a_running_server() {
     let cfg = write_config(dir.path(), &data);
 
     // No server: the store is used directly; the password comes from stdin.
-    let out = tokio::task::spawn_blocking({
-        let cfg = cfg.clone();
-        move || {
-            confab(
-                &cfg,
-                &["user", "add", "carol@localhost"],
-                Some("pw-from-stdin\n"),
-            )
-        }
-    })
-    .await
-    .unwrap();
+    let out = confab_async(
+        &cfg,
+        &["user", "add", "carol@localhost"],
+        Some("pw-from-stdin\n"),
+    )
+    .await;
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = tokio::task::spawn_blocking({
-        let cfg = cfg.clone();
-        move || confab(&cfg, &["user", "add", "carol@localhost", "again"], None)
-    })
-    .await
-    .unwrap();
+    let out = confab_async(&cfg, &["user", "add", "carol@localhost", "again"], None).await;
     assert!(!out.status.success(), "a duplicate is refused");
 
     // With the server running on the same data dir: through the admin socket.
@@ -79,23 +85,13 @@ async fn user_commands_with_and_without_a_running_server() {
         c.data_dir = data.clone();
     })
     .await;
-    let out = tokio::task::spawn_blocking({
-        let cfg = cfg.clone();
-        move || confab(&cfg, &["user", "add", "dave@localhost", "davepw"], None)
-    })
-    .await
-    .unwrap();
+    let out = confab_async(&cfg, &["user", "add", "dave@localhost", "davepw"], None).await;
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = tokio::task::spawn_blocking({
-        let cfg = cfg.clone();
-        move || confab(&cfg, &["user", "list"], None)
-    })
-    .await
-    .unwrap();
+    let out = confab_async(&cfg, &["user", "list"], None).await;
     let listed = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(
         listed.contains("carol@localhost") && listed.contains("dave@localhost"),
@@ -107,12 +103,7 @@ async fn user_commands_with_and_without_a_running_server() {
     let mut d = s.login("dave", "davepw", "x").await;
 
     // Password change and deletion while online: the session ends.
-    let out = tokio::task::spawn_blocking({
-        let cfg = cfg.clone();
-        move || confab(&cfg, &["user", "del", "dave@localhost"], None)
-    })
-    .await
-    .unwrap();
+    let out = confab_async(&cfg, &["user", "del", "dave@localhost"], None).await;
     assert!(
         out.status.success(),
         "{}",
@@ -127,12 +118,7 @@ async fn user_commands_with_and_without_a_running_server() {
         c.auth_scram("dave", "davepw", Hash::Sha256, false).await,
         Err("not-authorized".into())
     );
-    let out = tokio::task::spawn_blocking({
-        let cfg = cfg.clone();
-        move || confab(&cfg, &["user", "passwd", "carol@localhost", "newpw"], None)
-    })
-    .await
-    .unwrap();
+    let out = confab_async(&cfg, &["user", "passwd", "carol@localhost", "newpw"], None).await;
     assert!(out.status.success());
     s.login("carol", "newpw", "y").await;
 }
