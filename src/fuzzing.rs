@@ -3,7 +3,7 @@
 //! the SASL parsers. Each checks invariants and panics only on a real bug.
 //!
 //! They are driven two ways: by the property tests below (a short,
-//! bounded run inside `cargo test`; `PROPTEST_CASES=N` for longer), and by
+//! bounded run inside `cargo test`; `CONFAB_FUZZ_CASES=N` for longer), and by
 //! the coverage-guided targets in `fuzz/` (`cargo fuzz run stream`), see
 //! README.md "Fuzzing".
 
@@ -111,7 +111,8 @@ pub fn sasl(data: &[u8]) {
 
 #[cfg(test)]
 mod tests {
-    use proptest::prelude::*;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
 
     /// Valid stream fragments to mutate: real inputs reach deeper states
     /// than random bytes do.
@@ -126,24 +127,56 @@ mod tests {
         "  \n <presence/> ",
     ];
 
-    fn mutate(seed: &[u8], ops: &[(u16, u8, u8)]) -> Vec<u8> {
+    /// How many inputs each property gets: CONFAB_FUZZ_CASES, default 2,000.
+    fn cases() -> u64 {
+        std::env::var("CONFAB_FUZZ_CASES")
+            .ok()
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(2000)
+    }
+
+    /// Run `target` on `cases()` inputs from `gen`, each from its own seed,
+    /// so that a failure names the one seed (and prints the input) that
+    /// reproduces it.
+    fn check(name: &str, gen: impl Fn(&mut StdRng) -> Vec<u8>, target: fn(&[u8])) {
+        for seed in 0..cases() {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let input = gen(&mut rng);
+            let r = std::panic::catch_unwind(|| target(&input));
+            if let Err(e) = r {
+                let msg = e
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                panic!(
+                    "{name}: seed {seed} failed: {msg}\ninput (keep it in fuzz/regressions/): {:?}",
+                    String::from_utf8_lossy(&input)
+                );
+            }
+        }
+    }
+
+    fn random_bytes(rng: &mut StdRng, max: usize) -> Vec<u8> {
+        let len = rng.random_range(0..max);
+        (0..len).map(|_| rng.random::<u8>()).collect()
+    }
+
+    /// Insert, delete, replace or splice in a piece of another seed.
+    fn mutate(rng: &mut StdRng, seed: &[u8], ops: usize) -> Vec<u8> {
         let mut v = seed.to_vec();
-        for &(pos, op, byte) in ops {
-            let at = if v.is_empty() {
-                0
-            } else {
-                usize::from(pos) % (v.len() + 1)
-            };
-            match op % 4 {
+        for _ in 0..ops {
+            let at = rng.random_range(0..=v.len());
+            let byte: u8 = rng.random();
+            match rng.random_range(0..4) {
                 0 => v.insert(at, byte),
                 1 if at < v.len() => {
                     v.remove(at);
                 }
                 2 if at < v.len() => v[at] = byte,
                 3 => {
-                    // Splice in a piece of another seed.
-                    let other = SEEDS[usize::from(byte) % SEEDS.len()].as_bytes();
-                    let take = usize::from(pos % 32).min(other.len());
+                    let other = SEEDS[rng.random_range(0..SEEDS.len())].as_bytes();
+                    let take = rng.random_range(0..=other.len().min(32));
                     v.splice(at..at, other[..take].iter().copied());
                 }
                 _ => {}
@@ -152,49 +185,50 @@ mod tests {
         v
     }
 
-    proptest! {
-        #![proptest_config(ProptestConfig {
-            cases: std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(1000),
-            failure_persistence: None,
-            ..ProptestConfig::default()
-        })]
+    #[test]
+    fn stream_random_bytes() {
+        check("stream", |r| random_bytes(r, 3000), super::stream);
+    }
 
-        #[test]
-        fn stream_random_bytes(data in proptest::collection::vec(any::<u8>(), 0..3000)) {
-            super::stream(&data);
-        }
+    #[test]
+    fn stream_mutated_stanzas() {
+        check(
+            "stream",
+            |r| {
+                let mut doc = Vec::new();
+                for _ in 0..r.random_range(1..6) {
+                    doc.extend_from_slice(SEEDS[r.random_range(0..SEEDS.len())].as_bytes());
+                }
+                let ops = r.random_range(0..12);
+                let mut data = vec![r.random_range(0..2u8), r.random_range(1..=255u8)];
+                data.extend(mutate(r, &doc, ops));
+                data
+            },
+            super::stream,
+        );
+    }
 
-        #[test]
-        fn stream_mutated_stanzas(
-            seeds in proptest::collection::vec(0..SEEDS.len(), 1..6),
-            ops in proptest::collection::vec((any::<u16>(), any::<u8>(), any::<u8>()), 0..12),
-            chunk in 1u8..=255,
-            header in any::<bool>(),
-        ) {
-            let mut doc: Vec<u8> = Vec::new();
-            for s in &seeds {
-                doc.extend_from_slice(SEEDS[*s].as_bytes());
-            }
-            let mut data = vec![if header { 0 } else { 1 }, chunk];
-            data.extend(mutate(&doc, &ops));
-            super::stream(&data);
-        }
+    #[test]
+    fn stored_documents() {
+        check("stored", |r| random_bytes(r, 2000), super::stored);
+    }
 
-        #[test]
-        fn stored_documents(data in proptest::collection::vec(any::<u8>(), 0..2000)) {
-            super::stored(&data);
-        }
+    #[test]
+    fn sasl_random() {
+        check("sasl", |r| random_bytes(r, 600), super::sasl);
+    }
 
-        #[test]
-        fn sasl_random(data in proptest::collection::vec(any::<u8>(), 0..600)) {
-            super::sasl(&data);
-        }
-
-        #[test]
-        fn sasl_mutated(ops in proptest::collection::vec((any::<u16>(), any::<u8>(), any::<u8>()), 0..8)) {
-            let seed = b"n,,n=alice,r=fyko+d2lbbFgONRv9qkxdawL\xffc=biws,r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,p=v0X8v3Bz2T0CJGbJQyF0X+HI4Ts=";
-            super::sasl(&mutate(seed, &ops));
-        }
+    #[test]
+    fn sasl_mutated() {
+        let seed: &[u8] = b"n,,n=alice,r=fyko+d2lbbFgONRv9qkxdawL\xffc=biws,r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,p=v0X8v3Bz2T0CJGbJQyF0X+HI4Ts=";
+        check(
+            "sasl",
+            |r| {
+                let ops = r.random_range(0..8);
+                mutate(r, seed, ops)
+            },
+            super::sasl,
+        );
     }
 
     /// Every kept input (fuzz/regressions/TARGET/*, fuzz/corpus/TARGET/seed-*)
