@@ -76,7 +76,7 @@ pub async fn run(
     ctx: &Arc<Ctx>,
     mut conn: Box<XmlConn>,
     direct_tls: bool,
-) -> Option<(Box<XmlConn>, Bound)> {
+) -> Option<(Box<XmlConn>, Box<Bound>)> {
     let mut neg = Negotiation {
         header_sent: false,
         pending: Vec::new(),
@@ -257,7 +257,7 @@ impl Negotiation {
         ctx: &Arc<Ctx>,
         conn: &mut XmlConn,
         direct_tls: bool,
-    ) -> Result<Bound, Fail> {
+    ) -> Result<Box<Bound>, Fail> {
         if direct_tls {
             self.start_tls(ctx, conn, true).await?;
         }
@@ -538,7 +538,7 @@ impl Negotiation {
         }
     }
 
-    async fn await_bind(&mut self, ctx: &Arc<Ctx>, conn: &mut XmlConn) -> Result<Bound, Fail> {
+    async fn await_bind(&mut self, ctx: &Arc<Ctx>, conn: &mut XmlConn) -> Result<Box<Bound>, Fail> {
         let Some(bare) = self.authed.clone() else {
             return Err(fail(SC::InternalServerError, "not authenticated"));
         };
@@ -599,7 +599,9 @@ impl Negotiation {
                 return Err(Fail::Closed);
             }
             tracing::debug!(jid = %full, "resource bound");
-            return Ok(Bound {
+            // Boxed, like the connection: moved through the task's futures
+            // as a pointer, not as a copy in each of their states.
+            return Ok(Box::new(Bound {
                 state: ClientState {
                     bare: bare.clone(),
                     full,
@@ -610,7 +612,7 @@ impl Negotiation {
                     directed: Default::default(),
                 },
                 inbox,
-            });
+            }));
         }
     }
 }

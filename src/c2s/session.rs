@@ -36,13 +36,10 @@ impl From<Fail> for End {
     }
 }
 
-pub async fn run(ctx: Arc<Ctx>, mut conn: Box<XmlConn>, bound: Bound) {
-    let Bound {
-        mut state,
-        mut inbox,
-    } = bound;
-    let end = session_loop(&ctx, &mut conn, &mut state, &mut inbox).await;
-    Box::pin(finish(&ctx, conn, state, inbox, end)).await;
+pub async fn run(ctx: Arc<Ctx>, mut conn: Box<XmlConn>, mut bound: Box<Bound>) {
+    let Bound { state, inbox } = &mut *bound;
+    let end = session_loop(&ctx, &mut conn, state, inbox).await;
+    Box::pin(finish(&ctx, conn, bound, end)).await;
 }
 
 /// The session loop: what arrives in the mailbox is written, what the
@@ -145,13 +142,8 @@ async fn write_batch(
     (close, false)
 }
 
-async fn finish(
-    ctx: &Arc<Ctx>,
-    mut conn: Box<XmlConn>,
-    mut state: ClientState,
-    inbox: Inbox,
-    end: End,
-) {
+async fn finish(ctx: &Arc<Ctx>, mut conn: Box<XmlConn>, bound: Box<Bound>, end: End) {
+    let Bound { mut state, inbox } = *bound;
     ctx.sessions.unbind(&state.full, state.id);
     match &end {
         End::Error(cond, text) => {

@@ -469,7 +469,8 @@ async fn hostile_corpus_with_a_bystander() {
         elapsed < opened + Duration::from_secs(NEGOTIATION_SECS + 5),
         "closed within the bound: {elapsed:?} (opening took {opened:?})"
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The allocator gives freed memory back after a decay period.
+    tokio::time::sleep(Duration::from_secs(12)).await;
     let after = s.rss_kib();
     eprintln!("stalled connections: RSS before {before} KiB, peak {peak} KiB, after {after} KiB");
 
@@ -484,8 +485,9 @@ async fn hostile_corpus_with_a_bystander() {
         "peak RSS {peak} KiB vs baseline {baseline} KiB"
     );
     assert!(
-        after < before + 16 * 1024,
-        "RSS after the stalled connections: {after} KiB vs {before} KiB before"
+        // They held ~7 MB at their peak; it must come back.
+        after < before + 3 * 1024,
+        "RSS after the stalled connections: {after} KiB vs {before} KiB before (peak {peak} KiB)"
     );
 }
 
