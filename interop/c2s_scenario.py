@@ -10,6 +10,9 @@ protocol the way a third-party client expects. Steps, each with a timeout:
   4. a chat message alice -> bob and bob -> alice
   5. bob logs out; alice sees him unavailable and writes to him
   6. bob logs in again and receives the message, with a XEP-0203 delay
+  7. alice logs in on a second device with message carbons (XEP-0280)
+     enabled; it gets copies of what bob sends to her first device and of
+     what that device sends to bob
 
 Prints one JSON object (the steps passed, or where it stopped) and exits
 0 when every step passed, 1 otherwise. Needs Debian's python3-slixmpp:
@@ -34,6 +37,7 @@ class Client(slixmpp.ClientXMPP):
         self.ca_certs = cafile
         self.register_plugin("xep_0030")
         self.register_plugin("xep_0203")
+        self.register_plugin("xep_0280")
         # The scenario answers subscription requests itself.
         self.auto_authorize = None
         self.auto_subscribe = False
@@ -44,6 +48,8 @@ class Client(slixmpp.ClientXMPP):
         self.add_event_handler("failed_auth", self._on_fail)
         self.add_event_handler("message", self._on_stanza)
         self.add_event_handler("presence", self._on_stanza)
+        self.add_event_handler("carbon_received", self._on_stanza)
+        self.add_event_handler("carbon_sent", self._on_stanza)
 
     async def _on_start(self, _event):
         await self.get_roster()
@@ -98,8 +104,19 @@ def message_from(bare, body):
     return pred
 
 
-async def login(args, user):
-    c = Client("%s@%s" % (user, args.domain), args.password, args.cafile)
+def carbon(kind, body):
+    """A carbon copy ('received' or 'sent') of a message with this body."""
+    def pred(st):
+        if st.name != "message" or st["from"] != st["to"].bare:
+            return False
+        inner = st["carbon_%s" % kind]
+        return inner is not None and inner["body"] == body
+    return pred
+
+
+async def login(args, user, resource=""):
+    jid = "%s@%s" % (user, args.domain) + ("/" + resource if resource else "")
+    c = Client(jid, args.password, args.cafile)
     c.connect(address=(args.server, args.port), force_starttls=True)
     await asyncio.wait_for(c.started, STEP_TIMEOUT)
     return c
@@ -151,7 +168,17 @@ async def scenario(args, steps):
         raise RuntimeError("offline message without a XEP-0203 delay")
     steps.append("6 offline message delivered at login, delayed since %s" % stamp.isoformat())
 
-    for c in (alice, bob):
+    phone = await login(args, args.user1, "phone")
+    await phone.plugin["xep_0280"].enable()
+    bob.send_message(mto=alice.boundjid, mbody="to your desk", mtype="chat")
+    await alice.expect("message from bob", message_from(b_jid, "to your desk"))
+    await phone.expect("received carbon", carbon("received", "to your desk"))
+    alice.send_message(mto=b_jid, mbody="from my desk", mtype="chat")
+    await bob.expect("message from alice", message_from(a_jid, "from my desk"))
+    await phone.expect("sent carbon", carbon("sent", "from my desk"))
+    steps.append("7 second device got received and sent carbons")
+
+    for c in (alice, bob, phone):
         c.disconnect()
         await c.disconnected
 

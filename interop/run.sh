@@ -71,7 +71,7 @@ run() {
 
 cert="$work/data/tls/localhost.crt"
 run c2s_scenario $py "$here/c2s_scenario.py" --server 127.0.0.1 --port "$port" \
-    --domain localhost --cafile "$cert" --password interop-pw-1
+    --domain localhost --cafile "$cert" --password interop-pw-1 ${INTEROP_DEBUG:+--debug}
 # The lab's one-shot client over direct TLS (XEP-0368): log in and send.
 run send_direct_tls $py "$here/send.py" --jid alice@localhost --password interop-pw-1 \
     --server 127.0.0.1 --port "$tls_port" --direct-tls --cafile "$cert" \

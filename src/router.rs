@@ -17,6 +17,7 @@ use xmpp_parsers::jid::{BareJid, Jid};
 use xmpp_parsers::stanza_error::DefinedCondition as Cond;
 
 use crate::c2s::ClientState;
+use crate::modules::carbons;
 use crate::modules::{presence, IqRequest, IqType, Point, Target, Verdict};
 use crate::server::Ctx;
 use crate::stanza::{self, jid_attr, set_attr, stanza_type, Kind};
@@ -72,7 +73,12 @@ pub async fn from_client(ctx: &Arc<Ctx>, st: &mut ClientState, mut el: Element) 
                 .run_filters(ctx, Point::Outbound, &from, &to, &el)
                 .await
             {
-                Verdict::Pass => route(ctx, el).await,
+                Verdict::Pass => {
+                    if kind == Kind::Message {
+                        carbons::sent(ctx, &st.full, &el);
+                    }
+                    route(ctx, el).await
+                }
                 Verdict::Drop => {}
                 Verdict::Reject(e) => {
                     if let Some(reply) = stanza::error_reply(&el, *e) {
@@ -151,7 +157,7 @@ async fn to_server(ctx: &Arc<Ctx>, el: Element, kind: Kind, to: Jid) {
     }
 }
 
-async fn to_local_user(ctx: &Arc<Ctx>, el: Element, kind: Kind, to: Jid) {
+async fn to_local_user(ctx: &Arc<Ctx>, mut el: Element, kind: Kind, to: Jid) {
     let bare = to.to_bare();
     let typ = stanza_type(&el).to_string();
     let exists = ctx.stores.accounts.exists(&bare).unwrap_or(false);
@@ -191,8 +197,12 @@ async fn to_local_user(ctx: &Arc<Ctx>, el: Element, kind: Kind, to: Jid) {
     }
     if let Ok(full) = to.clone().try_into_full() {
         if let Some(r) = ctx.sessions.get(&full) {
+            let copies = carbons::Received::prepare(ctx, &bare, &mut el, |f| *f == full);
             match r.mailbox.deliver(el) {
-                Ok(()) => return,
+                Ok(()) => {
+                    copies.send(&bare);
+                    return;
+                }
                 Err(und) => {
                     // The session is gone or stuck: a message falls back to
                     // the bare JID so it is not lost.
@@ -234,7 +244,7 @@ async fn to_local_user(ctx: &Arc<Ctx>, el: Element, kind: Kind, to: Jid) {
 }
 
 /// RFC 6121 §8.5.2: a message to a local account's bare JID.
-async fn message_to_bare(ctx: &Arc<Ctx>, el: Element, bare: &BareJid) {
+async fn message_to_bare(ctx: &Arc<Ctx>, mut el: Element, bare: &BareJid) {
     let typ = stanza_type(&el).to_string();
     match typ.as_str() {
         "groupchat" => {
@@ -244,12 +254,9 @@ async fn message_to_bare(ctx: &Arc<Ctx>, el: Element, bare: &BareJid) {
         "error" => return,
         _ => {}
     }
-    let resources: Vec<_> = ctx
+    let resources = ctx
         .sessions
-        .resources(bare)
-        .into_iter()
-        .filter(|r| r.available && r.priority >= 0)
-        .collect();
+        .resources_where(bare, |r| r.available && r.priority >= 0);
     let targets: Vec<_> = if typ == "headline" {
         resources
     } else {
@@ -260,6 +267,8 @@ async fn message_to_bare(ctx: &Arc<Ctx>, el: Element, bare: &BareJid) {
             .filter(|r| Some(r.priority) == top)
             .collect()
     };
+    let copies =
+        carbons::Received::prepare(ctx, bare, &mut el, |f| targets.iter().any(|r| r.full == *f));
     let mut delivered = false;
     let mut pending = Some(el);
     let n = targets.len();
@@ -281,6 +290,7 @@ async fn message_to_bare(ctx: &Arc<Ctx>, el: Element, bare: &BareJid) {
         }
     }
     if delivered {
+        copies.send(bare);
         return;
     }
     let Some(el) = pending else { return };

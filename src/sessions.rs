@@ -228,6 +228,8 @@ pub struct Resource {
     pub roster_interested: bool,
     /// Asked for the block list, so gets block list pushes (XEP-0191).
     pub blocklist_interested: bool,
+    /// Enabled message carbons (XEP-0280).
+    pub carbons: bool,
 }
 
 impl Resource {
@@ -235,6 +237,7 @@ impl Resource {
         match interest {
             Interest::Roster => self.roster_interested,
             Interest::BlockList => self.blocklist_interested,
+            Interest::Carbons => self.carbons,
         }
     }
 
@@ -253,6 +256,7 @@ impl Resource {
 pub enum Interest {
     Roster,
     BlockList,
+    Carbons,
 }
 
 pub struct Sessions {
@@ -318,6 +322,7 @@ impl Sessions {
                 presence: None,
                 roster_interested: false,
                 blocklist_interested: false,
+                carbons: false,
             });
             old
         });
@@ -373,18 +378,23 @@ impl Sessions {
         })
     }
 
-    pub fn set_interest(&self, full: &FullJid, interest: Interest) {
+    /// Record whether a session wants pushes or copies of a kind. Returns
+    /// whether the session exists.
+    pub fn set_interest(&self, full: &FullJid, interest: Interest, on: bool) -> bool {
         let bare = full.to_bare();
         self.write(&bare, |m| {
-            if let Some(r) = m
+            let Some(r) = m
                 .get_mut(&bare)
                 .and_then(|l| l.iter_mut().find(|r| r.full == *full))
-            {
-                match interest {
-                    Interest::Roster => r.roster_interested = true,
-                    Interest::BlockList => r.blocklist_interested = true,
-                }
+            else {
+                return false;
+            };
+            match interest {
+                Interest::Roster => r.roster_interested = on,
+                Interest::BlockList => r.blocklist_interested = on,
+                Interest::Carbons => r.carbons = on,
             }
+            true
         })
     }
 
@@ -398,6 +408,15 @@ impl Sessions {
     /// All resources of a user (a snapshot).
     pub fn resources(&self, bare: &BareJid) -> Vec<Resource> {
         self.read(bare, |l| l.cloned().unwrap_or_default())
+    }
+
+    /// The resources of a user that satisfy `f` (a snapshot; nothing is
+    /// allocated when none does).
+    pub fn resources_where(&self, bare: &BareJid, f: impl Fn(&Resource) -> bool) -> Vec<Resource> {
+        self.read(bare, |l| {
+            l.map(|l| l.iter().filter(|r| f(r)).cloned().collect())
+                .unwrap_or_default()
+        })
     }
 
     /// Whether the user has any available resource.

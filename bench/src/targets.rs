@@ -53,7 +53,7 @@ impl Kind {
         match self {
             Kind::Confab => Features {
                 archive: "none (Confab has no MAM yet)",
-                carbons: "none (Confab has no carbons yet)",
+                carbons: "built in (XEP-0280)",
                 offline: "on",
                 storage: "sled, fsync before ack",
             },

@@ -172,7 +172,7 @@ impl IqHandler for Blocking {
             match (req.typ, p.name()) {
                 (IqType::Get, "blocklist") => {
                     if let Ok(full) = req.from.clone().try_into_full() {
-                        ctx.sessions.set_interest(&full, Interest::BlockList);
+                        ctx.sessions.set_interest(&full, Interest::BlockList, true);
                     }
                     let mut r = Element::bare("blocklist", ns::BLOCKING);
                     for j in self.list(ctx, user).await.iter() {

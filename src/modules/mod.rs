@@ -16,6 +16,7 @@ use crate::server::Ctx;
 use crate::store::BoxFuture;
 
 pub mod blocking;
+pub mod carbons;
 pub mod disco;
 pub mod offline;
 pub mod ping;
@@ -250,6 +251,7 @@ pub fn registry() -> Registry {
     vcard::register(&mut r);
     private::register(&mut r);
     blocking::register(&mut r);
+    carbons::register(&mut r);
     offline::register(&mut r);
     presence::register(&mut r);
     r

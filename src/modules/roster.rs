@@ -128,7 +128,7 @@ impl IqHandler for RosterIq {
 
 async fn get(ctx: &Arc<Ctx>, req: &IqRequest, user: &BareJid) -> IqResult {
     if let Ok(full) = req.from.clone().try_into_full() {
-        ctx.sessions.set_interest(&full, Interest::Roster);
+        ctx.sessions.set_interest(&full, Interest::Roster, true);
     }
     let (ver, items) = ctx.stores.rosters.roster(user).await.map_err(internal)?;
     let ver_s = ver.to_string();

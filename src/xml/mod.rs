@@ -57,4 +57,10 @@ pub mod ns {
     pub const BLOCKING_ERRORS: &str = "urn:xmpp:blocking:errors";
     pub const DELAY: &str = "urn:xmpp:delay";
     pub const OFFLINE: &str = "msgoffline";
+    pub const CARBONS: &str = "urn:xmpp:carbons:2";
+    pub const CARBONS_RULES: &str = "urn:xmpp:carbons:rules:0";
+    pub const FORWARD: &str = "urn:xmpp:forward:0";
+    pub const HINTS: &str = "urn:xmpp:hints";
+    pub const MUC_USER: &str = "http://jabber.org/protocol/muc#user";
+    pub const JINGLE_MESSAGE: &str = "urn:xmpp:jingle-message:0";
 }

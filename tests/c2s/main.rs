@@ -5,6 +5,7 @@
 mod common;
 
 mod auth;
+mod carbons;
 mod cli;
 mod errors;
 mod im;
