@@ -99,9 +99,13 @@ pub async fn execute(
             Request::UserAdd { jid, password } => {
                 let j = account(&jid, domain)?;
                 check_password(&password)?;
-                let acc = crate::auth::new_account(&j, &password).map_err(|_| {
-                    "the password contains characters SASLprep does not allow".to_string()
-                })?;
+                let jj = j.clone();
+                let acc = crate::auth::blocking(move || crate::auth::new_account(&jj, &password))
+                    .await
+                    .ok_or("the server is shutting down")?
+                    .map_err(|_| {
+                        "the password contains characters SASLprep does not allow".to_string()
+                    })?;
                 if !stores
                     .accounts
                     .create(acc)
@@ -143,7 +147,12 @@ pub async fn execute(
                     .await
                     .map_err(|e| e.to_string())?
                     .ok_or_else(|| format!("{j} does not exist"))?;
-                crate::auth::set_password(&mut acc, &password).map_err(|_| {
+                let acc = crate::auth::blocking(move || {
+                    crate::auth::set_password(&mut acc, &password).map(|()| acc)
+                })
+                .await
+                .ok_or("the server is shutting down")?
+                .map_err(|_| {
                     "the password contains characters SASLprep does not allow".to_string()
                 })?;
                 stores

@@ -179,6 +179,13 @@ async fn user_command(config: &Config, req: Request) -> ExitCode {
 }
 
 async fn serve(config: Config) -> ExitCode {
+    // jemalloc returns freed memory to the system only when an arena is
+    // used again; with background threads it does so on its own, so the
+    // memory of connections that ended comes back even when their worker
+    // thread's arena goes quiet.
+    if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
+        tracing::warn!("jemalloc background threads not started: {e}");
+    }
     let handle = match confab::server::ServerHandle::start(config).await {
         Ok(h) => h,
         Err(e) => {

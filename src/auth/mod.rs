@@ -52,6 +52,28 @@ pub fn new_account(jid: &BareJid, password: &str) -> Result<Account, SaslError> 
     })
 }
 
+/// Check a PLAIN password against an account's keys. The key derivation
+/// (PBKDF2, a millisecond or two of CPU) runs on the blocking pool, not on
+/// a worker that routes other users' stanzas; an unknown account costs the
+/// same derivation, so timing does not tell whether it exists.
+pub async fn verify_plain(creds: Option<ScramCredentials>, password: String) -> bool {
+    blocking(move || match creds {
+        Some(c) => c.verify_password(&password),
+        None => {
+            let _ = ScramCredentials::generate(ScramHash::Sha256, &password, ITERATIONS);
+            false
+        }
+    })
+    .await
+    .unwrap_or(false)
+}
+
+/// Run CPU-heavy work (key derivation) on the blocking pool. `None` if it
+/// panicked or the runtime is shutting down.
+pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    tokio::task::spawn_blocking(f).await.ok()
+}
+
 /// Replace the keys of an account for a new password.
 pub fn set_password(account: &mut Account, password: &str) -> Result<(), SaslError> {
     account.scram_sha1 = record(ScramCredentials::generate(

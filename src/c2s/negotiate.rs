@@ -474,10 +474,8 @@ impl Negotiation {
             }
         }
         let account = ctx.stores.accounts.get(&jid).await.ok().flatten();
-        let ok = account.is_some_and(|a| {
-            crate::auth::credentials(ScramHash::Sha256, &a.scram_sha256)
-                .verify_password(&msg.password)
-        });
+        let creds = account.map(|a| crate::auth::credentials(ScramHash::Sha256, &a.scram_sha256));
+        let ok = crate::auth::verify_plain(creds, msg.password).await;
         Ok(if ok {
             SaslOutcome::Success(jid, None)
         } else {

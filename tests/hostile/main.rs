@@ -469,9 +469,16 @@ async fn hostile_corpus_with_a_bystander() {
         elapsed < opened + Duration::from_secs(NEGOTIATION_SECS + 5),
         "closed within the bound: {elapsed:?} (opening took {opened:?})"
     );
-    // The allocator gives freed memory back after a decay period.
-    tokio::time::sleep(Duration::from_secs(12)).await;
-    let after = s.rss_kib();
+    // The allocator gives freed memory back after a decay period (about
+    // ten seconds for jemalloc); wait for that, up to a bound.
+    let mut after = s.rss_kib();
+    for _ in 0..30 {
+        if after < before + 3 * 1024 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        after = s.rss_kib();
+    }
     eprintln!("stalled connections: RSS before {before} KiB, peak {peak} KiB, after {after} KiB");
 
     let sent = by.finish().await;
@@ -485,7 +492,7 @@ async fn hostile_corpus_with_a_bystander() {
         "peak RSS {peak} KiB vs baseline {baseline} KiB"
     );
     assert!(
-        // They held ~7 MB at their peak; it must come back.
+        // They held ~7-10 MB at their peak; it must come back.
         after < before + 3 * 1024,
         "RSS after the stalled connections: {after} KiB vs {before} KiB before (peak {peak} KiB)"
     );
