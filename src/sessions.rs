@@ -224,21 +224,13 @@ pub struct Resource {
     /// The last available presence broadcast, serialized without `from`
     /// and `to`: a few dozen bytes per session instead of an element tree.
     pub presence: Option<Arc<str>>,
-    /// Asked for the roster, so gets roster pushes (RFC 6121 §2.1.6).
-    pub roster_interested: bool,
-    /// Asked for the block list, so gets block list pushes (XEP-0191).
-    pub blocklist_interested: bool,
-    /// Enabled message carbons (XEP-0280).
-    pub carbons: bool,
+    /// The `Interest`s this session declared, one bit each.
+    interests: u8,
 }
 
 impl Resource {
     pub fn wants(&self, interest: Interest) -> bool {
-        match interest {
-            Interest::Roster => self.roster_interested,
-            Interest::BlockList => self.blocklist_interested,
-            Interest::Carbons => self.carbons,
-        }
+        self.interests & interest.bit() != 0
     }
 
     /// This resource's current presence, from it to `to` (`None` when it
@@ -252,11 +244,21 @@ impl Resource {
     }
 }
 
+/// What a session can ask to be sent besides stanzas addressed to it.
 #[derive(Clone, Copy, Debug)]
 pub enum Interest {
-    Roster,
-    BlockList,
-    Carbons,
+    /// Asked for the roster, so gets roster pushes (RFC 6121 §2.1.6).
+    Roster = 1,
+    /// Asked for the block list, so gets block list pushes (XEP-0191).
+    BlockList = 2,
+    /// Enabled message carbons (XEP-0280).
+    Carbons = 4,
+}
+
+impl Interest {
+    fn bit(self) -> u8 {
+        self as u8
+    }
 }
 
 pub struct Sessions {
@@ -320,9 +322,7 @@ impl Sessions {
                 available: false,
                 priority: 0,
                 presence: None,
-                roster_interested: false,
-                blocklist_interested: false,
-                carbons: false,
+                interests: 0,
             });
             old
         });
@@ -389,10 +389,10 @@ impl Sessions {
             else {
                 return false;
             };
-            match interest {
-                Interest::Roster => r.roster_interested = on,
-                Interest::BlockList => r.blocklist_interested = on,
-                Interest::Carbons => r.carbons = on,
+            if on {
+                r.interests |= interest.bit();
+            } else {
+                r.interests &= !interest.bit();
             }
             true
         })

@@ -137,7 +137,7 @@ pub fn sent(ctx: &Ctx, from: &FullJid, el: &Element) {
     let user = from.to_bare();
     let targets = ctx
         .sessions
-        .resources_where(&user, |r| r.carbons && r.full != *from);
+        .resources_where(&user, |r| r.wants(Interest::Carbons) && r.full != *from);
     if !targets.is_empty() {
         copy_to(Direction::Sent, &user, targets, el.clone());
     }
@@ -170,9 +170,9 @@ impl Received {
         if el.remove_child("private", ns::CARBONS).is_some() || !eligible(el, Direction::Received) {
             return none;
         }
-        let targets = ctx
-            .sessions
-            .resources_where(user, |r| r.carbons && !gets_original(&r.full));
+        let targets = ctx.sessions.resources_where(user, |r| {
+            r.wants(Interest::Carbons) && !gets_original(&r.full)
+        });
         if targets.is_empty() {
             return none;
         }
