@@ -2,8 +2,9 @@
 //!
 //! sled allows one process per database, so while the server runs, the
 //! `confab user …` commands talk to it over a Unix socket in the data
-//! directory (`confab.sock`, mode 0600: only the server's own OS user may
-//! use it); when no server runs they open the store directly. Both paths
+//! directory (`confab.sock`, mode 0600 inside a 0700 directory: only the
+//! server's own OS user may use it); when no server runs they open the
+//! store directly. Both paths
 //! run the same `execute`.
 //!
 //! Protocol: one JSON request per line, one JSON response per line.
@@ -119,11 +120,6 @@ pub async fn execute(
             }
             Request::UserDel { jid } => {
                 let j = account(&jid, domain)?;
-                if let Some(ctx) = ctx {
-                    for r in ctx.sessions.resources(&j) {
-                        r.mailbox.close(SC::NotAuthorized, "account deleted");
-                    }
-                }
                 if !stores
                     .accounts
                     .delete(&j)
@@ -132,7 +128,13 @@ pub async fn execute(
                 {
                     return Err(format!("{j} does not exist"));
                 }
+                // Sessions end after the account is gone: a login that
+                // binds from now on finds no account (c2s::negotiate
+                // checks after binding), one bound before is closed here.
                 if let Some(ctx) = ctx {
+                    for r in ctx.sessions.resources(&j) {
+                        r.mailbox.close(SC::NotAuthorized, "account deleted");
+                    }
                     ctx.registry.emit(ctx, Event::UserDeleted { jid: &j }).await;
                 }
                 tracing::info!(jid = %j, "account deleted");
@@ -186,6 +188,10 @@ pub async fn serve(ctx: Arc<Ctx>) -> std::io::Result<tokio::task::JoinHandle<()>
     // A socket left by a server that did not stop cleanly: nobody listens
     // on it (the store lock guarantees no other server runs here).
     let _ = std::fs::remove_file(&path);
+    // Never reachable by another user, not even for an instant: it is
+    // created inside the data directory, which is 0700, by a process whose
+    // umask is 077 (`datadir::prepare`), so it is born 0600. The chmod only
+    // restates that.
     let listener = tokio::net::UnixListener::bind(&path)?;
     #[cfg(unix)]
     {

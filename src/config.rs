@@ -58,6 +58,11 @@ pub struct Limits {
     pub c2s_bytes_per_sec: usize,
     /// Simultaneous connections from one IP address (0 = no limit).
     pub max_connections_per_ip: usize,
+    /// Resources one account may have bound at once (0 = no limit).
+    pub max_resources_per_account: usize,
+    /// Largest presence stanza a client may send (status, extensions);
+    /// presence is copied to every contact, so it is bounded apart.
+    pub max_presence_bytes: usize,
     /// Failed logins from one IP address answered normally before further
     /// attempts are refused for a while.
     pub auth_failures_per_ip: u32,
@@ -66,8 +71,16 @@ pub struct Limits {
     pub auth_failures_per_account: u32,
     /// Messages kept for one offline user; more are bounced.
     pub max_offline_messages: usize,
+    /// Bytes of offline messages kept for one user; more are bounced.
+    pub max_offline_bytes: usize,
+    /// Bytes of private XML storage (XEP-0049) one account may keep.
+    pub max_private_bytes: usize,
+    /// Largest vCard (XEP-0054) an account may store, in bytes.
+    pub max_vcard_bytes: usize,
     /// Stanzas queued for one connection before it is considered stuck.
     pub session_queue: usize,
+    /// Bytes queued for one connection before it is considered stuck.
+    pub session_queue_bytes: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -107,11 +120,17 @@ impl Default for Limits {
             negotiation_timeout_secs: 30,
             idle_timeout_secs: 300,
             c2s_bytes_per_sec: 262_144,
-            max_connections_per_ip: 0,
+            max_connections_per_ip: 1024,
+            max_resources_per_account: 32,
+            max_presence_bytes: 16 * 1024,
             auth_failures_per_ip: 20,
             auth_failures_per_account: 10,
             max_offline_messages: 1000,
-            session_queue: 1024,
+            max_offline_bytes: 10 << 20,
+            max_private_bytes: 1 << 20,
+            max_vcard_bytes: 128 * 1024,
+            session_queue: 4096,
+            session_queue_bytes: 2 << 20,
         }
     }
 }
@@ -249,7 +268,7 @@ impl Config {
             }
         }
         let l = &self.limits;
-        let ranges: [(&str, u64, u64, u64); 10] = [
+        let ranges: [(&str, u64, u64, u64); 16] = [
             (
                 "limits.max_stanza_bytes",
                 l.max_stanza_bytes as u64,
@@ -268,12 +287,6 @@ impl Config {
                 "limits.c2s_bytes_per_sec",
                 l.c2s_bytes_per_sec as u64,
                 1024,
-                u64::MAX,
-            ),
-            (
-                "limits.max_connections_per_ip",
-                l.max_connections_per_ip as u64,
-                0,
                 u64::MAX,
             ),
             (
@@ -299,6 +312,49 @@ impl Config {
                 l.session_queue as u64,
                 16,
                 1_000_000,
+            ),
+            (
+                "limits.session_queue_bytes",
+                l.session_queue_bytes as u64,
+                // A queue must hold at least two of the largest stanzas.
+                (l.max_stanza_bytes as u64).saturating_mul(2),
+                u64::MAX,
+            ),
+            (
+                "limits.max_resources_per_account",
+                l.max_resources_per_account as u64,
+                0,
+                1_000_000,
+            ),
+            (
+                "limits.max_presence_bytes",
+                l.max_presence_bytes as u64,
+                512,
+                l.max_stanza_bytes as u64,
+            ),
+            (
+                "limits.max_offline_bytes",
+                l.max_offline_bytes as u64,
+                0,
+                u64::MAX,
+            ),
+            (
+                "limits.max_private_bytes",
+                l.max_private_bytes as u64,
+                0,
+                u64::MAX,
+            ),
+            (
+                "limits.max_vcard_bytes",
+                l.max_vcard_bytes as u64,
+                0,
+                u64::MAX,
+            ),
+            (
+                "limits.max_connections_per_ip",
+                l.max_connections_per_ip as u64,
+                0,
+                u64::MAX,
             ),
         ];
         for (key, v, min, max) in ranges {

@@ -18,6 +18,7 @@ use crate::xml::{Frame, Limits, StreamReader};
 /// Small limits, so that inputs of a few kilobytes reach every limit.
 const LIMITS: Limits = Limits {
     max_stanza_bytes: 4096,
+    max_stanza_memory: 4096 * crate::xml::reader::MEMORY_PER_STANZA_BYTE,
     max_depth: 12,
     max_attributes: 16,
 };

@@ -8,6 +8,7 @@ pub mod admin;
 pub mod auth;
 pub mod c2s;
 pub mod config;
+pub mod datadir;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod modules;
@@ -19,3 +20,8 @@ pub mod sessions;
 pub mod stanza;
 pub mod store;
 pub mod xml;
+
+// Unit tests measure what the reader really allocates (xml::reader).
+#[cfg(test)]
+#[global_allocator]
+static TEST_ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

@@ -2,11 +2,17 @@
 //! §10 and RFC 6121 §8 say happens to a stanza on its way there. The
 //! pipeline order is all here:
 //!
-//! from a client: stamp `from` → (presence: `modules::presence`) →
-//! `Outbound` filters → route.
+//! from a client: stamp `from` → check the IQ type → `Outbound` filters
+//! (every stanza with a `to`, subscription requests included) → presence
+//! to `modules::presence`, the rest to route.
 //! route: remote domain | the server (IQ handlers) | a local user →
-//! `Deliver` filters → full JID: that session | bare JID: message rules,
-//! presence rules, IQ on the account's behalf.
+//! `Deliver` filters → full JID: that session | bare JID: message rules
+//! (offline drain in progress: the stored queue), presence rules, IQ on
+//! the account's behalf.
+//!
+//! Filters (block lists, and later authorization levels) are about other
+//! people: nothing between a user and the server itself, nor between a
+//! user and their own account, ever passes through them.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -20,6 +26,7 @@ use crate::c2s::ClientState;
 use crate::modules::carbons;
 use crate::modules::{presence, IqRequest, IqType, Point, Target, Verdict};
 use crate::server::Ctx;
+use crate::sessions::{CopyGroup, Fate};
 use crate::stanza::{self, jid_attr, set_attr, stanza_type, Kind};
 use crate::xml::ns;
 
@@ -51,43 +58,71 @@ pub async fn from_client(ctx: &Arc<Ctx>, st: &mut ClientState, mut el: Element) 
             return;
         }
     };
+    if kind == Kind::Iq && !matches!(stanza_type(&el), "get" | "set" | "result" | "error") {
+        // RFC 6120 §8.2.3: an IQ of no or an unknown type is refused.
+        bounce(
+            ctx,
+            &el,
+            Cond::BadRequest,
+            Some("an IQ has type get, set, result or error"),
+        )
+        .await;
+        return;
+    }
     let from = Jid::from(st.full.clone());
-    match kind {
-        Kind::Presence => presence::outbound(ctx, st, el, to).await,
-        Kind::Iq if to.is_none() => {
+    let to = match (kind, to) {
+        (_, Some(t)) => Some(t),
+        (Kind::Message, None) => {
+            // A message without 'to' goes to the sender's bare JID.
+            set_attr(&mut el, "to", st.bare.as_str());
+            Some(Jid::from(st.bare.clone()))
+        }
+        (_, None) => None,
+    };
+    if let Some(to) = &to {
+        // Every stanza the user addresses to someone passes the same
+        // filters, subscription requests and directed presence included.
+        match outbound_filters(ctx, &from, to, &el).await {
+            Verdict::Pass => {}
+            Verdict::Drop => return,
+            Verdict::Reject(e) => {
+                if let Some(reply) = stanza::error_reply(&el, *e) {
+                    deliver_to_session(ctx, &st.full, reply);
+                }
+                return;
+            }
+        }
+    }
+    match (kind, to) {
+        (Kind::Presence, to) => presence::outbound(ctx, st, el, to).await,
+        (Kind::Iq, None) => {
             // No 'to': handled by the server for the user's own account,
             // and the reply carries no 'from' (RFC 6120 §10.3.3).
             handle_iq(ctx, el, Target::Account(st.bare.clone()), None).await;
         }
-        _ => {
-            let to = match to {
-                Some(t) => t,
-                None => {
-                    // A message without 'to' goes to the sender's bare JID.
-                    set_attr(&mut el, "to", st.bare.as_str());
-                    Jid::from(st.bare.clone())
-                }
-            };
-            match ctx
-                .registry
-                .run_filters(ctx, Point::Outbound, &from, &to, &el)
-                .await
-            {
-                Verdict::Pass => {
-                    if kind == Kind::Message {
-                        carbons::sent(ctx, &st.full, &el);
-                    }
-                    route(ctx, el).await
-                }
-                Verdict::Drop => {}
-                Verdict::Reject(e) => {
-                    if let Some(reply) = stanza::error_reply(&el, *e) {
-                        deliver_to_session(ctx, &st.full, reply);
-                    }
-                }
+        (_, _) => {
+            if kind == Kind::Message {
+                carbons::sent(ctx, &st.full, &el);
             }
+            route(ctx, el).await
         }
     }
+}
+
+/// Whether a stanza between `a` and `b` is between a user and the server
+/// itself, or within one account: never subject to filters.
+fn unfiltered(ctx: &Ctx, a: &Jid, b: &Jid) -> bool {
+    let server = |j: &Jid| j.node().is_none() && j.domain().as_str() == ctx.domain;
+    server(a) || server(b) || a.to_bare() == b.to_bare()
+}
+
+async fn outbound_filters(ctx: &Arc<Ctx>, from: &Jid, to: &Jid, el: &Element) -> Verdict {
+    if unfiltered(ctx, from, to) {
+        return Verdict::Pass;
+    }
+    ctx.registry
+        .run_filters(ctx, Point::Outbound, from, to, el)
+        .await
 }
 
 /// Send a stanza generated on behalf of a local user (broadcast presence,
@@ -96,11 +131,7 @@ pub async fn send_as_user(ctx: &Arc<Ctx>, el: Element) {
     let (Ok(Some(from)), Ok(Some(to))) = (jid_attr(&el, "from"), jid_attr(&el, "to")) else {
         return;
     };
-    if let Verdict::Pass = ctx
-        .registry
-        .run_filters(ctx, Point::Outbound, &from, &to, &el)
-        .await
-    {
+    if let Verdict::Pass = outbound_filters(ctx, &from, &to, &el).await {
         route(ctx, el).await;
     }
 }
@@ -177,15 +208,19 @@ async fn to_local_user(ctx: &Arc<Ctx>, mut el: Element, kind: Kind, to: Jid) {
         }
         return;
     }
+    // No `from`: the server, answering on the account's behalf.
     let from = match jid_attr(&el, "from") {
         Ok(Some(f)) => f,
         _ => Jid::from(ctx.domain_jid.clone()),
     };
-    match ctx
-        .registry
-        .run_filters(ctx, Point::Deliver, &from, &to, &el)
-        .await
-    {
+    let verdict = if unfiltered(ctx, &from, &to) {
+        Verdict::Pass
+    } else {
+        ctx.registry
+            .run_filters(ctx, Point::Deliver, &from, &to, &el)
+            .await
+    };
+    match verdict {
         Verdict::Pass => {}
         Verdict::Drop => return,
         Verdict::Reject(e) => {
@@ -205,9 +240,15 @@ async fn to_local_user(ctx: &Arc<Ctx>, mut el: Element, kind: Kind, to: Jid) {
                 }
                 Err(und) => {
                     // The session is gone or stuck: a message falls back to
-                    // the bare JID so it is not lost.
-                    if kind == Kind::Message {
-                        message_to_bare(ctx, *und.0, &bare).await;
+                    // the bare JID so it is not lost, a request is
+                    // answered.
+                    let el = *und.0;
+                    match kind {
+                        Kind::Message => message_to_bare(ctx, el, &bare).await,
+                        Kind::Iq if matches!(typ.as_str(), "get" | "set") => {
+                            bounce(ctx, &el, Cond::ServiceUnavailable, None).await
+                        }
+                        _ => {}
                     }
                     return;
                 }
@@ -244,7 +285,7 @@ async fn to_local_user(ctx: &Arc<Ctx>, mut el: Element, kind: Kind, to: Jid) {
 }
 
 /// RFC 6121 §8.5.2: a message to a local account's bare JID.
-async fn message_to_bare(ctx: &Arc<Ctx>, mut el: Element, bare: &BareJid) {
+async fn message_to_bare(ctx: &Arc<Ctx>, el: Element, bare: &BareJid) {
     let typ = stanza_type(&el).to_string();
     match typ.as_str() {
         "groupchat" => {
@@ -254,6 +295,15 @@ async fn message_to_bare(ctx: &Arc<Ctx>, mut el: Element, bare: &BareJid) {
         "error" => return,
         _ => {}
     }
+    // While stored messages are being delivered, a new one joins them.
+    let mut el = if typ == "headline" {
+        el
+    } else {
+        match crate::modules::offline::hold(ctx, bare, el).await {
+            Some(el) => el,
+            None => return,
+        }
+    };
     let resources = ctx
         .sessions
         .resources_where(bare, |r| r.available && r.priority >= 0);
@@ -269,22 +319,22 @@ async fn message_to_bare(ctx: &Arc<Ctx>, mut el: Element, bare: &BareJid) {
     };
     let copies =
         carbons::Received::prepare(ctx, bare, &mut el, |f| targets.iter().any(|r| r.full == *f));
+    // One serialization shared by every copy. Chat and normal messages
+    // are routed again if none of the copies gets written; a headline is
+    // not worth keeping.
+    let xml = crate::sessions::serialize(&el);
+    let group = (typ != "headline").then(|| CopyGroup::new(targets.len()));
     let mut delivered = false;
-    let mut pending = Some(el);
-    let n = targets.len();
-    for (i, r) in targets.iter().enumerate() {
-        let last = i + 1 == n;
-        let msg = if last {
-            pending.take()
-        } else {
-            pending.clone()
+    for r in &targets {
+        let fate = match &group {
+            Some(g) => Fate::Copy(g.clone()),
+            None => Fate::Drop,
         };
-        let Some(msg) = msg else { break };
-        match r.mailbox.deliver(msg) {
+        match r.mailbox.deliver_bytes(xml.clone(), fate) {
             Ok(()) => delivered = true,
-            Err(und) => {
-                if last {
-                    pending = Some(*und.0);
+            Err(_) => {
+                if let Some(g) = &group {
+                    g.settle(false);
                 }
             }
         }
@@ -293,7 +343,6 @@ async fn message_to_bare(ctx: &Arc<Ctx>, mut el: Element, bare: &BareJid) {
         copies.send(bare);
         return;
     }
-    let Some(el) = pending else { return };
     if typ == "headline" {
         return;
     }

@@ -18,6 +18,10 @@ use crate::sessions::Sessions;
 use crate::store::Stores;
 use crate::xml;
 
+/// Largest element read from a client before it has authenticated
+/// (STARTTLS and SASL exchanges are a few KiB at most).
+pub const PREAUTH_STANZA_BYTES: usize = 16 * 1024;
+
 /// Everything a connection, the router and the modules share.
 pub struct Ctx {
     pub config: Config,
@@ -27,9 +31,15 @@ pub struct Ctx {
     pub stores: Stores,
     pub sessions: Sessions,
     pub registry: Registry,
+    /// Offline-message deliveries in progress.
+    pub offline_drains: crate::modules::offline::Drains,
     pub tls: TlsSetup,
     pub throttle: AuthThrottle,
+    /// Reading limits of an authenticated stream.
     pub limits: xml::Limits,
+    /// Reading limits before authentication: nothing a client needs to
+    /// send before it has logged in is large.
+    pub preauth_limits: xml::Limits,
     shutdown: watch::Receiver<bool>,
     conns: ConnTracker,
     started: std::time::Instant,
@@ -143,12 +153,6 @@ impl ServerHandle {
                     .join("; "),
             )
         })?;
-        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-            StartError(format!(
-                "cannot create data_dir {}: {e}",
-                config.data_dir.display()
-            ))
-        })?;
         let stores = Stores::open_sled(&config.data_dir).map_err(|e| StartError(e.0))?;
         let tls = crate::net::tls::setup(&config).map_err(StartError)?;
         let mut c2s = Vec::new();
@@ -165,11 +169,14 @@ impl ServerHandle {
         let ctx = Arc::new(Ctx {
             domain: config.domain.clone(),
             domain_jid,
-            limits: xml::Limits {
-                max_stanza_bytes: config.limits.max_stanza_bytes,
-                max_depth: config.limits.max_xml_depth,
-                max_attributes: 128,
-            },
+            limits: xml::Limits::for_stanza_bytes(
+                config.limits.max_stanza_bytes,
+                config.limits.max_xml_depth,
+            ),
+            preauth_limits: xml::Limits::for_stanza_bytes(
+                config.limits.max_stanza_bytes.min(PREAUTH_STANZA_BYTES),
+                config.limits.max_xml_depth,
+            ),
             throttle: AuthThrottle::new(
                 config.limits.auth_failures_per_ip,
                 config.limits.auth_failures_per_account,
@@ -178,6 +185,7 @@ impl ServerHandle {
             stores,
             sessions: Sessions::new(),
             registry: crate::modules::registry(),
+            offline_drains: Default::default(),
             tls,
             shutdown: shutdown_rx,
             conns: ConnTracker::default(),

@@ -6,7 +6,7 @@ use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::collections::VecDeque;
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use minidom::Element;
@@ -16,21 +16,150 @@ use xmpp_parsers::stream_error::DefinedCondition as StreamCondition;
 
 const SHARDS: usize = 64;
 
-/// What a session's mailbox carries. Kept small: the channel reserves
-/// slots of this size.
+/// What becomes of a queued stanza that was not written to its session
+/// (the session died, or stopped reading and was disconnected). Until
+/// stream management acknowledges stanzas, "written" means handed to the
+/// socket; anything short of that is routed again or kept, never dropped
+/// when it matters.
+#[derive(Debug, Clone)]
+pub enum Fate {
+    /// Nothing is lost by not writing it: presence, pushes, carbon copies,
+    /// IQ results and errors, headlines.
+    Drop,
+    /// Routed again by its `to`: a message falls back to the account's
+    /// other resources or offline storage (RFC 6121 §8.5.3.2.1), an IQ
+    /// request is answered with an error.
+    Reroute,
+    /// One of several copies of a message to a bare JID: routed again only
+    /// when no copy was written, so the other resources do not get it twice.
+    Copy(Arc<CopyGroup>),
+    /// Read from offline storage: deleted there once written, kept
+    /// otherwise.
+    Stored(u64),
+}
+
+impl Fate {
+    /// The fate of a stanza delivered to one session.
+    pub fn of(el: &Element) -> Fate {
+        match (el.name(), crate::stanza::stanza_type(el)) {
+            ("iq", "get" | "set") => Fate::Reroute,
+            ("message", "" | "normal" | "chat") => {
+                // A carbon copy is a copy: the original went elsewhere.
+                if el.children().any(|c| c.ns() == crate::xml::ns::CARBONS) {
+                    Fate::Drop
+                } else {
+                    Fate::Reroute
+                }
+            }
+            _ => Fate::Drop,
+        }
+    }
+}
+
+/// The copies of one message delivered to several resources.
+#[derive(Debug)]
+pub struct CopyGroup {
+    unsettled: AtomicUsize,
+    written: AtomicBool,
+}
+
+impl CopyGroup {
+    pub fn new(copies: usize) -> Arc<CopyGroup> {
+        Arc::new(CopyGroup {
+            unsettled: AtomicUsize::new(copies),
+            written: AtomicBool::new(false),
+        })
+    }
+
+    /// One copy was written (`true`) or will never be. Returns whether the
+    /// message must be routed again: this was the last copy to settle and
+    /// none was written.
+    pub fn settle(&self, written: bool) -> bool {
+        if written {
+            self.written.store(true, Ordering::Release);
+        }
+        let last = self.unsettled.fetch_sub(1, Ordering::AcqRel) == 1;
+        last && !self.written.load(Ordering::Acquire)
+    }
+}
+
+/// A stanza waiting in a session's queue, serialized as a child of a
+/// `jabber:client` stream: what waits costs its size, not its element
+/// tree, and copies of one stanza share one buffer.
+#[derive(Debug)]
+pub struct Queued {
+    pub xml: Arc<[u8]>,
+    pub fate: Fate,
+}
+
+/// Accounting overhead of one queued item besides its bytes.
+const ITEM_OVERHEAD: usize = 64;
+
+impl Queued {
+    fn cost(&self) -> usize {
+        self.xml.len() + ITEM_OVERHEAD
+    }
+}
+
+/// Something a session is asked to do besides writing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// Deliver the account's offline messages (a drain was handed to it).
+    DrainOffline,
+}
+
+/// What a session's mailbox carries.
 #[derive(Debug)]
 pub enum Outbound {
-    Stanza(Box<Element>),
+    Stanza(Queued),
     /// End the stream with this error (conflict, account deleted, …).
     Close(Box<(StreamCondition, String)>),
+    Control(Control),
+}
+
+tokio::task_local! {
+    /// What routing one stanza from a client (session `.0`) delivered to
+    /// other sessions: bytes in all (`.1`) and its largest copy (`.2`).
+    static FANOUT: std::cell::Cell<(u64, usize, usize)>;
+}
+
+/// Run `f` (the routing of one stanza from session `own`) and return what
+/// it delivered to other sessions beyond one copy: the cost of its
+/// fan-out, which is charged to the sender's read budget.
+pub async fn measure_fanout<F: std::future::Future<Output = ()>>(own: u64, f: F) -> usize {
+    FANOUT
+        .scope(std::cell::Cell::new((own, 0, 0)), async move {
+            f.await;
+            FANOUT.with(|c| {
+                let (_, total, largest) = c.get();
+                total - largest
+            })
+        })
+        .await
+}
+
+fn count_fanout(to: u64, bytes: usize) {
+    let _ = FANOUT.try_with(|c| {
+        let (own, total, largest) = c.get();
+        if own != to {
+            c.set((own, total.saturating_add(bytes), largest.max(bytes)));
+        }
+    });
+}
+
+struct Queue {
+    items: VecDeque<Outbound>,
+    /// Bytes of the queued stanzas (with a per-item overhead).
+    bytes: usize,
 }
 
 /// The queue between everyone who delivers to a session and the session
 /// task that writes to its socket. An empty queue holds no buffer, so an
 /// idle session costs only this struct.
 struct Shared {
-    queue: Mutex<VecDeque<Outbound>>,
+    queue: Mutex<Queue>,
     capacity: usize,
+    capacity_bytes: usize,
     /// Something was queued, or the session was killed.
     ready: Notify,
     /// The queue overflowed: the session is not reading and must end.
@@ -63,42 +192,77 @@ pub struct Mailbox {
 /// Delivery to a session failed; the stanza comes back to the caller.
 pub struct Undelivered(pub Box<Element>);
 
+/// Serialize a stanza as it is written to a client stream.
+pub fn serialize(el: &Element) -> Arc<[u8]> {
+    crate::xml::writer::to_bytes(el).into()
+}
+
 impl Mailbox {
-    /// Queue a stanza. A session whose queue is full is not reading: it is
-    /// told to close, and the stanza is handed back.
+    /// Queue a stanza, to be routed again if it is not written when it
+    /// matters ([`Fate::of`]). A session whose queue is full is not
+    /// reading: it is told to close, and the stanza is handed back.
     pub fn deliver(&self, el: Element) -> Result<(), Undelivered> {
+        let fate = Fate::of(&el);
+        self.deliver_as(el, fate)
+    }
+
+    /// Queue a stanza with the given fate.
+    pub fn deliver_as(&self, el: Element, fate: Fate) -> Result<(), Undelivered> {
+        match self.deliver_bytes(serialize(&el), fate) {
+            Ok(()) => Ok(()),
+            Err(_) => Err(Undelivered(Box::new(el))),
+        }
+    }
+
+    /// Queue an already serialized stanza. On refusal the item comes back.
+    pub fn deliver_bytes(&self, xml: Arc<[u8]>, fate: Fate) -> Result<(), Queued> {
+        let item = Queued { xml, fate };
+        let cost = item.cost();
         let sh = &self.shared;
         {
             let mut q = sh.queue.lock().unwrap_or_else(|p| p.into_inner());
-            if sh.closed.load(Ordering::Acquire) {
-                return Err(Undelivered(Box::new(el)));
+            if sh.closed.load(Ordering::Acquire) || sh.killed.load(Ordering::Acquire) {
+                return Err(item);
             }
-            if q.len() >= sh.capacity {
+            if q.items.len() >= sh.capacity || q.bytes.saturating_add(cost) > sh.capacity_bytes {
                 drop(q);
                 if !sh.killed.swap(true, Ordering::AcqRel) {
                     tracing::warn!(session = self.id, "session queue full; disconnecting it");
                 }
                 sh.ready.notify_one();
-                return Err(Undelivered(Box::new(el)));
+                return Err(item);
             }
-            q.push_back(Outbound::Stanza(Box::new(el)));
+            q.bytes += cost;
+            q.items.push_back(Outbound::Stanza(item));
         }
+        count_fanout(self.id, cost - ITEM_OVERHEAD);
         sh.ready.notify_one();
         Ok(())
+    }
+
+    /// Ask the session to do something (queued after what waits, whatever
+    /// the queue's length). `false` if it takes nothing any more.
+    pub fn control(&self, c: Control) -> bool {
+        self.push_unbounded(Outbound::Control(c))
     }
 
     /// Ask the session to end with a stream error (queued after what is
     /// already waiting, whatever the queue's length).
     pub fn close(&self, cond: StreamCondition, text: &str) {
+        self.push_unbounded(Outbound::Close(Box::new((cond, text.to_string()))));
+    }
+
+    fn push_unbounded(&self, item: Outbound) -> bool {
         let sh = &self.shared;
         {
             let mut q = sh.queue.lock().unwrap_or_else(|p| p.into_inner());
             if sh.closed.load(Ordering::Acquire) {
-                return;
+                return false;
             }
-            q.push_back(Outbound::Close(Box::new((cond, text.to_string()))));
+            q.items.push_back(item);
         }
         sh.ready.notify_one();
+        true
     }
 
     /// The idle state at server clock `now` for an idle time of `idle`
@@ -119,6 +283,11 @@ impl Mailbox {
         }
         Idle::Active
     }
+
+    /// Whether the session still takes deliveries.
+    pub fn is_open(&self) -> bool {
+        !self.shared.closed.load(Ordering::Acquire) && !self.shared.killed.load(Ordering::Acquire)
+    }
 }
 
 /// The session side of a mailbox.
@@ -130,12 +299,25 @@ impl Inbox {
     /// The next queued item, without waiting.
     pub fn try_recv(&self) -> Option<Outbound> {
         let mut q = self.shared.queue.lock().unwrap_or_else(|p| p.into_inner());
-        let item = q.pop_front();
-        if q.is_empty() && q.capacity() > 0 {
+        let item = q.items.pop_front();
+        if let Some(Outbound::Stanza(s)) = &item {
+            q.bytes = q.bytes.saturating_sub(s.cost());
+        }
+        if q.items.is_empty() && q.items.capacity() > 0 {
             // Give the buffer back: idle sessions keep none.
-            *q = VecDeque::new();
+            q.items = VecDeque::new();
+            q.bytes = 0;
         }
         item
+    }
+
+    /// Bytes waiting in the queue.
+    pub fn queued_bytes(&self) -> usize {
+        self.shared
+            .queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .bytes
     }
 
     /// The next queued item; `None` once closed and drained. Cancel-safe:
@@ -185,6 +367,14 @@ impl Inbox {
         let _q = self.shared.queue.lock().unwrap_or_else(|p| p.into_inner());
         self.shared.closed.store(true, Ordering::Release);
     }
+
+    /// Close and take everything still queued.
+    pub fn close_and_take(&self) -> Vec<Outbound> {
+        let mut q = self.shared.queue.lock().unwrap_or_else(|p| p.into_inner());
+        self.shared.closed.store(true, Ordering::Release);
+        q.bytes = 0;
+        std::mem::take(&mut q.items).into()
+    }
 }
 
 impl Drop for Inbox {
@@ -193,11 +383,16 @@ impl Drop for Inbox {
     }
 }
 
-/// A mailbox for a session whose client was last heard from at `now`.
-pub fn mailbox(id: u64, capacity: usize, now: u64) -> (Mailbox, Inbox) {
+/// A mailbox for a session whose client was last heard from at `now`,
+/// holding at most `capacity` items and `capacity_bytes` bytes.
+pub fn mailbox(id: u64, capacity: usize, capacity_bytes: usize, now: u64) -> (Mailbox, Inbox) {
     let shared = Arc::new(Shared {
-        queue: Mutex::new(VecDeque::new()),
+        queue: Mutex::new(Queue {
+            items: VecDeque::new(),
+            bytes: 0,
+        }),
         capacity,
+        capacity_bytes,
         ready: Notify::new(),
         killed: AtomicBool::new(false),
         closed: AtomicBool::new(false),
@@ -261,6 +456,10 @@ impl Interest {
     }
 }
 
+/// The account has as many resources bound as it may.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooManyResources;
+
 pub struct Sessions {
     shards: Vec<RwLock<HashMap<BareJid, Vec<Resource>>>>,
     next_id: AtomicU64,
@@ -306,16 +505,24 @@ impl Sessions {
         f(&mut shard)
     }
 
-    /// Bind a resource. A session already bound to the same full JID is
-    /// replaced; its mailbox is returned so the caller can close it.
-    pub fn bind(&self, full: FullJid, mailbox: Mailbox) -> Option<Mailbox> {
+    /// Bind a resource, unless the account has `max_resources` bound
+    /// already (0: no limit). A session already bound to the same full JID
+    /// is replaced (it does not count against the limit); it is returned
+    /// so the caller can close it and announce it gone.
+    pub fn bind(
+        &self,
+        full: FullJid,
+        mailbox: Mailbox,
+        max_resources: usize,
+    ) -> Result<Option<Resource>, TooManyResources> {
         let bare = full.to_bare();
         let replaced = self.write(&bare, |m| {
             let list = m.entry(bare.clone()).or_default();
-            let old = list
-                .iter()
-                .position(|r| r.full == full)
-                .map(|i| list.swap_remove(i).mailbox);
+            let old = list.iter().position(|r| r.full == full);
+            if old.is_none() && max_resources > 0 && list.len() >= max_resources {
+                return Err(TooManyResources);
+            }
+            let old = old.map(|i| list.swap_remove(i));
             list.push(Resource {
                 full,
                 mailbox,
@@ -324,12 +531,12 @@ impl Sessions {
                 presence: None,
                 interests: 0,
             });
-            old
-        });
+            Ok(old)
+        })?;
         if replaced.is_none() {
             self.count.fetch_add(1, Ordering::Relaxed);
         }
-        replaced
+        Ok(replaced)
     }
 
     /// Remove a session (only if it is still the one with this id).

@@ -1,7 +1,7 @@
 //! Client-to-server streams: negotiation (STARTTLS, SASL, bind) and the
 //! session loop.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -10,6 +10,7 @@ use xmpp_parsers::jid::{BareJid, FullJid};
 
 use crate::net::conn::XmlConn;
 use crate::server::Ctx;
+use crate::store::BoxFuture;
 
 mod negotiate;
 mod session;
@@ -28,6 +29,22 @@ pub struct ClientState {
     /// Entities that got directed presence from this session; they get
     /// unavailable presence when it ends (RFC 6121 §4.6.3).
     pub directed: HashSet<String>,
+    /// Whether the session has had its first available presence with a
+    /// non-negative priority (when offline messages are delivered).
+    pub offline_started: bool,
+    /// Work done at the pace the client reads (see [`Backlog`]).
+    pub work: VecDeque<Box<dyn Backlog>>,
+}
+
+/// Work a session does at the pace its client reads. What a login pushes
+/// at once (contacts' presence, pending subscription requests, offline
+/// messages) can be far more than a session queue holds: it is produced a
+/// step at a time, each step only while the session's queue is short, so
+/// a slow client slows it down instead of being disconnected.
+pub trait Backlog: Send + Sync {
+    /// Deliver the next part into the session's own mailbox (a few dozen
+    /// KiB at most). Returns `false` when nothing is left to do.
+    fn step<'a>(&'a mut self, ctx: &'a Arc<Ctx>, st: &'a mut ClientState) -> BoxFuture<'a, bool>;
 }
 
 /// Serve one accepted TCP connection until it ends.
@@ -36,11 +53,13 @@ pub async fn serve(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr, direct_tls: 
     // moved through it): the connection and the negotiation future are
     // boxed, so what an idle session keeps for hours is the session loop's
     // state alone, not the TLS handshake's or SASL's.
+    let rate = ctx.config.limits.c2s_bytes_per_sec;
     let conn = Box::new(XmlConn::new(
         tcp,
         peer,
-        ctx.limits,
-        ctx.config.limits.c2s_bytes_per_sec,
+        ctx.preauth_limits,
+        rate,
+        (rate * 2).max(ctx.limits.max_stanza_bytes * 2),
     ));
     let negotiated = Box::pin(negotiate::run(&ctx, conn, direct_tls)).await;
     if let Some((conn, bound)) = negotiated {
@@ -49,7 +68,7 @@ pub async fn serve(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr, direct_tls: 
 }
 
 /// How long the final stream error may take to write.
-const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+pub(crate) const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Helper used by both phases: send the stream error and close.
 pub(crate) async fn close_with_error(

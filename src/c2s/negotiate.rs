@@ -30,6 +30,9 @@ pub(crate) enum Fail {
     Stream(SC, String),
     /// The peer is gone; just close.
     Closed,
+    /// The peer ended its stream with a stream error: close ours, with no
+    /// error of our own (RFC 6120 §4.9.1.1).
+    PeerError,
 }
 
 fn fail(cond: SC, text: &str) -> Fail {
@@ -115,6 +118,16 @@ pub async fn run(
             conn.shutdown().await;
             None
         }
+        Err(Fail::PeerError) => {
+            tracing::debug!(peer = %conn.peer, "the client ended its stream with an error");
+            let mut out = std::mem::take(&mut neg.pending);
+            if neg.header_sent {
+                out.extend_from_slice(writer::STREAM_CLOSE);
+            }
+            let _ = tokio::time::timeout(super::CLOSE_TIMEOUT, conn.write_all(&out)).await;
+            conn.shutdown().await;
+            None
+        }
     }
 }
 
@@ -136,6 +149,7 @@ impl Negotiation {
 
     async fn next_element(&self, conn: &mut XmlConn) -> Result<Element, Fail> {
         match conn.read_frame().await {
+            Ok(Frame::Element(el)) if el.is("error", ns::STREAM) => Err(Fail::PeerError),
             Ok(Frame::Element(el)) => Ok(el),
             Ok(Frame::Close) => Err(Fail::Closed),
             Ok(Frame::Header(_)) => Err(fail(SC::NotWellFormed, "unexpected stream header")),
@@ -195,10 +209,12 @@ impl Negotiation {
         Ok(())
     }
 
-    fn limits_element(ctx: &Ctx) -> Element {
+    /// XEP-0478: the limits of this stage of the stream (smaller before
+    /// authentication).
+    fn limits_element(ctx: &Ctx, conn: &XmlConn) -> Element {
         let mut l = Element::bare("limits", ns::STREAM_LIMITS);
         let mut mb = Element::bare("max-bytes", ns::STREAM_LIMITS);
-        mb.append_text(ctx.config.limits.max_stanza_bytes.to_string());
+        mb.append_text(conn.limits().max_stanza_bytes.to_string());
         l.append_child(mb);
         let mut idle = Element::bare("idle-seconds", ns::STREAM_LIMITS);
         idle.append_text(ctx.config.limits.idle_timeout_secs.to_string());
@@ -248,7 +264,7 @@ impl Negotiation {
             f.append_child(Element::bare("ver", ns::ROSTERVER));
             f.append_child(Element::bare("sub", ns::PREAPPROVAL));
         }
-        f.append_child(Self::limits_element(ctx));
+        f.append_child(Self::limits_element(ctx, conn));
         f
     }
 
@@ -320,6 +336,7 @@ impl Negotiation {
             if el.is("auth", ns::SASL) {
                 if let Some(jid) = self.sasl(ctx, conn, &el).await? {
                     self.authed = Some(jid);
+                    conn.set_limits(ctx.limits);
                     conn.reset_stream();
                     return Ok(());
                 }
@@ -356,18 +373,23 @@ impl Negotiation {
     ) -> Result<Option<BareJid>, Fail> {
         let ip = conn.peer.ip();
         let mech = auth.attr("mechanism").unwrap_or("").to_string();
-        if ctx.throttle.ip_blocked(ip) {
-            tracing::warn!(%ip, mechanism = %mech, "login refused: too many failures from this address");
-            self.send(
-                conn,
-                &sasl_failure(
-                    "temporary-auth-failure",
-                    Some("too many failed attempts; try again later"),
-                ),
-            )
-            .await?;
-            return Ok(None);
-        }
+        // Counted before anything is evaluated, so simultaneous attempts
+        // cannot slip past the limit.
+        let mut attempt = match ctx.throttle.begin(ip) {
+            Ok(a) => a,
+            Err(_) => {
+                tracing::warn!(%ip, mechanism = %mech, "login refused: too many failures from this address");
+                self.send(
+                    conn,
+                    &sasl_failure(
+                        "temporary-auth-failure",
+                        Some("too many failed attempts; try again later"),
+                    ),
+                )
+                .await?;
+                return Ok(None);
+            }
+        };
         let initial = match decode_sasl(&auth.text()) {
             Ok(d) => d,
             Err(cond) => {
@@ -376,14 +398,15 @@ impl Negotiation {
             }
         };
         let outcome = if mech == "PLAIN" {
-            self.sasl_plain(ctx, conn, initial).await?
+            self.sasl_plain(ctx, conn, initial, &mut attempt).await?
         } else if let Some((hash, plus)) = ScramHash::from_mechanism(&mech) {
             if plus && !self.bindings.any() {
                 self.send(conn, &sasl_failure("invalid-mechanism", None))
                     .await?;
                 return Ok(None);
             }
-            self.sasl_scram(ctx, conn, hash, plus, initial).await?
+            self.sasl_scram(ctx, conn, hash, plus, initial, &mut attempt)
+                .await?
         } else {
             self.send(conn, &sasl_failure("invalid-mechanism", None))
                 .await?;
@@ -398,7 +421,7 @@ impl Negotiation {
                         .await?;
                     return Ok(None);
                 }
-                ctx.throttle.success(jid.as_str());
+                attempt.succeeded();
                 tracing::info!(%ip, jid = %jid, mechanism = %mech, "login");
                 let mut success = Element::bare("success", ns::SASL);
                 if let Some(d) = data {
@@ -409,14 +432,20 @@ impl Negotiation {
             }
             SaslOutcome::Failure(cond, user) => {
                 tracing::warn!(%ip, user = user.as_deref().unwrap_or("-"), mechanism = %mech, condition = cond, "failed login");
-                let slowed = user
-                    .as_deref()
-                    .is_some_and(|u| ctx.throttle.account_slowed(u));
-                ctx.throttle.failure(ip, user.as_deref());
-                if slowed {
-                    tokio::time::sleep(crate::auth::ACCOUNT_DELAY).await;
-                }
+                attempt.failed();
                 self.send(conn, &sasl_failure(cond, None)).await?;
+                Ok(None)
+            }
+            SaslOutcome::Throttled(user) => {
+                tracing::warn!(%ip, user = %user, mechanism = %mech, "login refused: too many failures for this account");
+                self.send(
+                    conn,
+                    &sasl_failure(
+                        "temporary-auth-failure",
+                        Some("too many failed attempts for this account; try again later"),
+                    ),
+                )
+                .await?;
                 Ok(None)
             }
             SaslOutcome::Aborted => {
@@ -451,6 +480,7 @@ impl Negotiation {
         ctx: &Arc<Ctx>,
         conn: &mut XmlConn,
         initial: Option<Vec<u8>>,
+        attempt: &mut crate::auth::Attempt<'_>,
     ) -> Result<SaslOutcome, Fail> {
         let data = match initial {
             Some(d) => d,
@@ -473,6 +503,9 @@ impl Negotiation {
                 return Ok(SaslOutcome::Failure("invalid-authzid", user));
             }
         }
+        if attempt.account(jid.as_str()).is_err() {
+            return Ok(SaslOutcome::Throttled(jid.to_string()));
+        }
         let account = ctx.stores.accounts.get(&jid).await.ok().flatten();
         let creds = account.map(|a| crate::auth::credentials(ScramHash::Sha256, &a.scram_sha256));
         let ok = crate::auth::verify_plain(creds, msg.password).await;
@@ -490,6 +523,7 @@ impl Negotiation {
         hash: ScramHash,
         plus: bool,
         initial: Option<Vec<u8>>,
+        attempt: &mut crate::auth::Attempt<'_>,
     ) -> Result<SaslOutcome, Fail> {
         let mut scram = ScramServer::new(hash, plus, self.bindings.any(), self.bindings.clone());
         let first = match initial {
@@ -505,6 +539,11 @@ impl Negotiation {
             Err(e) => return Ok(SaslOutcome::Failure(e.condition(), None)),
         };
         let jid = crate::auth::account_jid(&cf.username, &ctx.domain);
+        if let Some(j) = &jid {
+            if attempt.account(j.as_str()).is_err() {
+                return Ok(SaslOutcome::Throttled(j.to_string()));
+            }
+        }
         let account = match &jid {
             Some(j) => ctx.stores.accounts.get(j).await.ok().flatten(),
             None => None,
@@ -578,13 +617,47 @@ impl Negotiation {
                 }
             };
             let id_no = ctx.sessions.next_id();
-            let (mailbox, inbox) =
-                sessions::mailbox(id_no, ctx.config.limits.session_queue, ctx.clock());
-            if let Some(old) = ctx.sessions.bind(full.clone(), mailbox) {
-                old.close(
-                    SC::Conflict,
-                    "replaced by a new connection with the same resource",
-                );
+            let limits = &ctx.config.limits;
+            let (mailbox, inbox) = sessions::mailbox(
+                id_no,
+                limits.session_queue,
+                limits.session_queue_bytes,
+                ctx.clock(),
+            );
+            match ctx
+                .sessions
+                .bind(full.clone(), mailbox, limits.max_resources_per_account)
+            {
+                Ok(Some(old)) => {
+                    old.mailbox.close(
+                        SC::Conflict,
+                        "replaced by a new connection with the same resource",
+                    );
+                    // The old session's end announces nothing (the
+                    // resource is the new session's now): it goes
+                    // unavailable here, before the new one can send
+                    // presence.
+                    if old.available {
+                        crate::modules::presence::resource_replaced(ctx, &full).await;
+                    }
+                }
+                Ok(None) => {}
+                Err(sessions::TooManyResources) => {
+                    let err = stanza::simple_error(
+                        xmpp_parsers::stanza_error::DefinedCondition::ResourceConstraint,
+                        Some("this account has as many resources connected as it may"),
+                    );
+                    if let Some(reply) = stanza::error_reply(&el, err) {
+                        self.send(conn, &reply).await?;
+                    }
+                    continue;
+                }
+            }
+            // An account deleted while this login was under way: its
+            // sessions were ended before this one was bound.
+            if !ctx.stores.accounts.exists(&bare).unwrap_or(false) {
+                ctx.sessions.unbind(&full, id_no);
+                return Err(fail(SC::NotAuthorized, "account deleted"));
             }
             let mut result = element("iq", ns::CLIENT, &[("type", "result"), ("id", &id)]);
             let mut b = Element::bare("bind", ns::BIND);
@@ -608,6 +681,8 @@ impl Negotiation {
                     available: false,
                     priority: 0,
                     directed: Default::default(),
+                    offline_started: false,
+                    work: Default::default(),
                 },
                 inbox,
             }));
@@ -625,6 +700,8 @@ enum SaslOutcome {
     Success(BareJid, Option<Vec<u8>>),
     /// Condition and, when known, the account tried.
     Failure(&'static str, Option<String>),
+    /// Not evaluated: the account is under attack (see `auth::AuthThrottle`).
+    Throttled(String),
     Aborted,
 }
 

@@ -68,23 +68,46 @@ impl Blocking {
         Ok(())
     }
 
-    /// XEP-0191 §3.4 matching: a list item blocks a JID if it equals the
-    /// full JID, the bare JID, the domain plus resource, or the domain.
     async fn blocks(&self, ctx: &Ctx, user: &BareJid, other: &Jid) -> bool {
         let list = self.list(ctx, user).await;
-        if list.is_empty() {
-            return false;
-        }
-        let bare = other.to_bare();
-        let domain = other.domain().as_str();
-        let domain_res = other.resource().map(|r| format!("{domain}/{}", r.as_str()));
-        list.iter().any(|i| {
-            i == other.as_str()
-                || i == bare.as_str()
-                || i == domain
-                || domain_res.as_deref() == Some(i.as_str())
-        })
+        list.iter().any(|i| item_matches(i, other))
     }
+}
+
+/// XEP-0191 §3.4 matching: a list item blocks a JID if it equals the full
+/// JID, the bare JID, the domain plus resource, or the domain.
+fn item_matches(item: &str, other: &Jid) -> bool {
+    let domain = other.domain().as_str();
+    item == other.as_str()
+        || item == other.to_bare().as_str()
+        || item == domain
+        || other.resource().is_some_and(|r| {
+            item.strip_prefix(domain).and_then(|x| x.strip_prefix('/')) == Some(r.as_str())
+        })
+}
+
+/// Where presence changes for the items `items`: the user's contacts who
+/// are allowed to see the user's presence and whom an item covers (the
+/// contact, or the one resource an item names).
+async fn presence_audience(ctx: &Ctx, user: &BareJid, items: &[String]) -> Vec<Jid> {
+    let contacts = super::roster::contacts(ctx, user, |i| i.subscription.has_from()).await;
+    let mut out = Vec::new();
+    for c in contacts {
+        let Ok(contact) = Jid::new(&c.jid) else {
+            continue;
+        };
+        for i in items {
+            let Ok(item) = Jid::new(i) else { continue };
+            if item.resource().is_some() && item.to_bare() == contact.to_bare() {
+                // A block of one resource of the contact.
+                out.push(item);
+            } else if item_matches(i, &contact) {
+                out.push(contact.clone());
+                break;
+            }
+        }
+    }
+    out
 }
 
 struct OutboundFilter(Arc<Blocking>);
@@ -197,11 +220,10 @@ impl IqHandler for Blocking {
                         .await
                         .map_err(|_| simple_error(Cond::InternalServerError, None))?;
                     push(ctx, user, "block", &added);
-                    // A blocked contact stops seeing the user's presence.
-                    for j in &added {
-                        if let Ok(b) = BareJid::new(j) {
-                            super::presence::send_unavailable_to(ctx, user, &b).await;
-                        }
+                    // A blocked contact that could see the user's presence
+                    // stops seeing it (§3.3); nobody else learns anything.
+                    for j in presence_audience(ctx, user, &added).await {
+                        super::presence::send_unavailable_to(ctx, user, &j).await;
                     }
                     Ok(None)
                 }
@@ -223,19 +245,8 @@ impl IqHandler for Blocking {
                         if which.is_empty() { &[] } else { &removed },
                     );
                     // Contacts that may see the user's presence get it again.
-                    for j in &removed {
-                        if let Ok(jid) = Jid::new(j) {
-                            let item = ctx
-                                .stores
-                                .rosters
-                                .item(user, jid.to_bare().as_str())
-                                .await
-                                .ok()
-                                .flatten();
-                            if item.is_some_and(|i| i.subscription.has_from()) {
-                                super::presence::send_current_to(ctx, user, &jid).await;
-                            }
-                        }
+                    for j in presence_audience(ctx, user, &removed).await {
+                        super::presence::send_current_to(ctx, user, &j).await;
                     }
                     Ok(None)
                 }

@@ -1,25 +1,40 @@
 //! Offline messages (XEP-0160): a chat or normal message for a user with
-//! no available resource is stored durably, stamped with a XEP-0203 delay,
-//! and delivered at the user's next initial presence with non-negative
-//! priority. Storage is flushed before the sender's stanza counts as
+//! no available resource of non-negative priority is stored durably,
+//! stamped with a XEP-0203 delay, within the user's quota (messages and
+//! bytes), and flushed to disk before the sender's stanza counts as
 //! handled.
+//!
+//! Delivery is a *drain*: when a session sends its first available
+//! presence of non-negative priority, it takes the user's queue and
+//! delivers it, oldest first, a chunk at a time and only as fast as its
+//! client reads (see `c2s::Backlog`); each message is deleted from storage
+//! once the session's socket took it. While a drain runs, new messages to
+//! the bare JID join the end of the stored queue instead of overtaking it.
+//! A session that ends before its drain is done hands it to another
+//! available resource, or leaves the rest stored for the next one.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use minidom::Element;
 use xmpp_parsers::jid::BareJid;
 use xmpp_parsers::stanza_error::DefinedCondition as Cond;
 
-use super::{Event, Listener, Registry};
+use super::Registry;
+use crate::c2s::{Backlog, ClientState};
 use crate::router;
 use crate::server::Ctx;
-use crate::store::{BoxFuture, OfflinePush};
+use crate::sessions::{Control, Fate};
+use crate::store::{BoxFuture, OfflinePush, OfflineQuota};
 use crate::xml::{ns, writer};
 
 pub fn register(r: &mut Registry) {
     r.server_feature(ns::OFFLINE);
-    r.listener(Arc::new(Offline));
 }
+
+/// Messages and bytes read from storage per drain step.
+const CHUNK_ITEMS: usize = 32;
+const CHUNK_BYTES: usize = 64 * 1024;
 
 const HINTS: &str = "urn:xmpp:hints";
 const CHATSTATES: &str = "http://jabber.org/protocol/chatstates";
@@ -37,8 +52,65 @@ fn storable(el: &Element) -> bool {
         .any(|c| !(c.ns() == CHATSTATES || c.is("thread", ns::CLIENT)))
 }
 
+/// The drains in progress: which session delivers each user's queue.
+/// The lock orders "a message joins the stored queue" against "the drain
+/// found the queue empty and ends", so no message is left behind.
+#[derive(Default)]
+pub struct Drains {
+    map: Mutex<HashMap<BareJid, Drain>>,
+}
+
+struct Drain {
+    session: u64,
+    lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Drains {
+    fn lock_of(&self, user: &BareJid) -> Option<Arc<tokio::sync::Mutex<()>>> {
+        let m = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        m.get(user).map(|d| d.lock.clone())
+    }
+
+    fn owner(&self, user: &BareJid) -> Option<u64> {
+        let m = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        m.get(user).map(|d| d.session)
+    }
+
+    /// Give `user`'s drain to `session`, unless one runs already.
+    fn claim(&self, user: &BareJid, session: u64) -> bool {
+        let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if m.contains_key(user) {
+            return false;
+        }
+        m.insert(
+            user.clone(),
+            Drain {
+                session,
+                lock: Arc::new(tokio::sync::Mutex::new(())),
+            },
+        );
+        true
+    }
+
+    /// End `session`'s drain of `user`'s queue. With the drain's lock held,
+    /// no message that joined the queue is left behind.
+    fn release(&self, user: &BareJid, session: u64) {
+        let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if m.get(user).is_some_and(|d| d.session == session) {
+            m.remove(user);
+        }
+    }
+}
+
 /// Store a message for `user`, or bounce it when that is not possible.
-pub async fn store_or_bounce(ctx: &Arc<Ctx>, user: &BareJid, mut el: Element) {
+/// If the user has a session that can take it after all, it is handed the
+/// queue.
+pub async fn store_or_bounce(ctx: &Arc<Ctx>, user: &BareJid, el: Element) {
+    store(ctx, user, el).await;
+    ensure_drain(ctx, user);
+}
+
+async fn store(ctx: &Arc<Ctx>, user: &BareJid, mut el: Element) {
     if !storable(&el) {
         return;
     }
@@ -49,16 +121,17 @@ pub async fn store_or_bounce(ctx: &Arc<Ctx>, user: &BareJid, mut el: Element) {
         crate::stanza::add_delay(&mut el, &ctx.domain, chrono::Utc::now());
     }
     let xml = writer::to_string(&el);
-    match ctx
-        .stores
-        .offline
-        .push(user, xml, ctx.config.limits.max_offline_messages)
-        .await
-    {
+    let limits = &ctx.config.limits;
+    let quota = OfflineQuota {
+        max_messages: limits.max_offline_messages,
+        max_bytes: limits.max_offline_bytes,
+    };
+    match ctx.stores.offline.push(user, xml, quota).await {
         Ok(OfflinePush::Stored) => {
             tracing::debug!(to = %user, "message stored offline");
         }
         Ok(OfflinePush::Full) => {
+            // XEP-0160 §3: a full offline store answers service-unavailable.
             router::bounce(
                 ctx,
                 &el,
@@ -74,46 +147,168 @@ pub async fn store_or_bounce(ctx: &Arc<Ctx>, user: &BareJid, mut el: Element) {
     }
 }
 
-struct Offline;
+/// A message on its way to `user`'s bare JID: while a drain delivers the
+/// stored queue, it joins the end of that queue (and `None` is returned);
+/// otherwise it is handed back for delivery.
+pub async fn hold(ctx: &Arc<Ctx>, user: &BareJid, el: Element) -> Option<Element> {
+    if !storable(&el) {
+        return Some(el);
+    }
+    let Some(lock) = ctx.offline_drains.lock_of(user) else {
+        return Some(el);
+    };
+    let _g = lock.lock().await;
+    if ctx.offline_drains.owner(user).is_none() {
+        // The drain ended meanwhile: deliver as usual.
+        return Some(el);
+    }
+    store(ctx, user, el).await;
+    None
+}
 
-impl Listener for Offline {
-    fn on_event<'a>(&'a self, ctx: &'a Arc<Ctx>, ev: &'a Event<'a>) -> BoxFuture<'a, ()> {
+/// A session's first available presence of non-negative priority: its
+/// user's offline messages are delivered to it, if no other session is
+/// delivering them.
+pub async fn session_available(ctx: &Arc<Ctx>, st: &mut ClientState) {
+    if st.offline_started {
+        return;
+    }
+    st.offline_started = true;
+    match ctx.stores.offline.usage(&st.bare).await {
+        Ok((0, _)) => return,
+        Ok(_) => {}
+        Err(e) => {
+            tracing::error!(error = %e, "offline storage failed");
+            return;
+        }
+    }
+    if ctx.offline_drains.claim(&st.bare, st.id) {
+        st.work.push_back(Box::new(DrainStep { after: None }));
+    }
+}
+
+/// The session was handed its user's drain (`Control::DrainOffline`).
+pub fn start_drain(ctx: &Ctx, st: &mut ClientState) {
+    if ctx.offline_drains.owner(&st.bare) == Some(st.id) {
+        st.work.push_back(Box::new(DrainStep { after: None }));
+    }
+}
+
+/// Make sure stored messages reach a session that can take them: if the
+/// user has an available resource of non-negative priority and no drain
+/// runs, that resource is handed the queue.
+pub fn ensure_drain(ctx: &Ctx, user: &BareJid) {
+    if ctx.offline_drains.owner(user).is_some() {
+        return;
+    }
+    let mut eligible = ctx.sessions.resources_where(user, |r| {
+        r.available && r.priority >= 0 && r.mailbox.is_open()
+    });
+    eligible.sort_by_key(|r| std::cmp::Reverse(r.priority));
+    let Some(r) = eligible.into_iter().next() else {
+        return;
+    };
+    if ctx.offline_drains.claim(user, r.mailbox.id) && !r.mailbox.control(Control::DrainOffline) {
+        // The session is closing: the queue stays for the next one.
+        ctx.offline_drains.release(user, r.mailbox.id);
+    }
+}
+
+/// Offline messages the session's socket took: delete them.
+pub async fn delivered(ctx: &Ctx, user: &BareJid, keys: &[u64]) {
+    if let Err(e) = ctx.stores.offline.remove(user, keys).await {
+        tracing::error!(error = %e, "offline storage failed");
+    }
+}
+
+/// The session ended: its drain, if it had one, goes to another resource.
+pub async fn session_gone(ctx: &Ctx, st: &ClientState) {
+    if ctx.offline_drains.owner(&st.bare) != Some(st.id) {
+        return;
+    }
+    if let Some(lock) = ctx.offline_drains.lock_of(&st.bare) {
+        let _g = lock.lock().await;
+        ctx.offline_drains.release(&st.bare, st.id);
+    }
+    ensure_drain(ctx, &st.bare);
+}
+
+/// One session's delivery of the stored queue, resumable after `after`.
+struct DrainStep {
+    after: Option<u64>,
+}
+
+impl Backlog for DrainStep {
+    fn step<'a>(&'a mut self, ctx: &'a Arc<Ctx>, st: &'a mut ClientState) -> BoxFuture<'a, bool> {
         Box::pin(async move {
-            let Event::InitialPresence { full, priority } = ev else {
-                return;
-            };
-            if *priority < 0 {
-                return;
+            if ctx.offline_drains.owner(&st.bare) != Some(st.id) {
+                return false;
             }
-            let user = full.to_bare();
-            let queued = match ctx.stores.offline.peek(&user).await {
-                Ok(q) => q,
+            let user = st.bare.clone();
+            let chunk = match ctx
+                .stores
+                .offline
+                .chunk(&user, self.after, CHUNK_ITEMS, CHUNK_BYTES)
+                .await
+            {
+                Ok(c) => c,
                 Err(e) => {
                     tracing::error!(error = %e, "offline storage failed");
-                    return;
+                    return false;
                 }
             };
-            if queued.is_empty() {
-                return;
-            }
-            let Some(session) = ctx.sessions.get(full) else {
-                return;
-            };
-            let mut delivered = Vec::new();
-            for (key, xml) in queued {
-                let Ok(el) = crate::xml::parse(&xml) else {
-                    tracing::warn!(to = %user, "dropping an unreadable offline message");
-                    delivered.push(key);
-                    continue;
+            if chunk.is_empty() {
+                // Done, unless a message joined the queue meanwhile: that
+                // is checked under the lock those messages take.
+                let Some(lock) = ctx.offline_drains.lock_of(&user) else {
+                    return false;
                 };
-                if session.mailbox.deliver(el).is_err() {
-                    break;
+                let _g = lock.lock().await;
+                match ctx.stores.offline.chunk(&user, self.after, 1, 1).await {
+                    Ok(more) if !more.is_empty() => return true,
+                    Ok(_) => {}
+                    Err(e) => tracing::error!(error = %e, "offline storage failed"),
                 }
-                delivered.push(key);
+                ctx.offline_drains.release(&user, st.id);
+                return false;
             }
-            if let Err(e) = ctx.stores.offline.remove(&user, &delivered).await {
-                tracing::error!(error = %e, "offline storage failed");
+            // Stored documents are read back before they are sent (off the
+            // async workers): one written by an older version that a
+            // client's parser would choke on is dropped, not delivered.
+            let checked = crate::auth::blocking(move || {
+                chunk
+                    .into_iter()
+                    .map(|(k, xml)| {
+                        let ok = crate::xml::parse(&xml).is_ok();
+                        (k, xml, ok)
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .unwrap_or_default();
+            let Some(me) = ctx.sessions.get(&st.full) else {
+                return false;
+            };
+            let mut unreadable = Vec::new();
+            for (key, xml, ok) in checked {
+                self.after = Some(key);
+                if !ok {
+                    tracing::warn!(to = %user, "dropping an unreadable offline message");
+                    unreadable.push(key);
+                    continue;
+                }
+                if me
+                    .mailbox
+                    .deliver_bytes(xml.into_bytes().into(), Fate::Stored(key))
+                    .is_err()
+                {
+                    return false;
+                }
             }
+            if !unreadable.is_empty() {
+                delivered(ctx, &user, &unreadable).await;
+            }
+            true
         })
     }
 }

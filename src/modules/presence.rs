@@ -5,13 +5,14 @@
 use std::sync::Arc;
 
 use minidom::Element;
-use xmpp_parsers::jid::{BareJid, Jid};
+use xmpp_parsers::jid::{BareJid, FullJid, Jid};
 
 use super::{roster, Event, Registry};
-use crate::c2s::ClientState;
+use crate::c2s::{Backlog, ClientState};
 use crate::router;
 use crate::server::Ctx;
 use crate::stanza::{element, jid_attr, remove_attr, set_attr, stanza_type};
+use crate::store::BoxFuture;
 use crate::xml::ns;
 
 pub fn register(_r: &mut Registry) {
@@ -31,6 +32,22 @@ fn is_subscription(typ: &str) -> bool {
 /// Presence from a bound client (`from` already stamped).
 pub async fn outbound(ctx: &Arc<Ctx>, st: &mut ClientState, el: Element, to: Option<Jid>) {
     let typ = stanza_type(&el).to_string();
+    // Presence is copied to every contact: its size is bounded apart from
+    // the stanza limit.
+    let max = ctx.config.limits.max_presence_bytes;
+    if typ != "error" && crate::xml::writer::to_bytes(&el).len() > max {
+        let text = format!("presence is limited to {max} bytes");
+        if let Some(reply) = crate::stanza::error_reply(
+            &el,
+            crate::stanza::simple_error(
+                xmpp_parsers::stanza_error::DefinedCondition::PolicyViolation,
+                Some(&text),
+            ),
+        ) {
+            router::deliver_to_session(ctx, &st.full, reply);
+        }
+        return;
+    }
     match (to, typ.as_str()) {
         (None, "" | "unavailable") => broadcast(ctx, st, el).await,
         (None, _) => {}
@@ -71,8 +88,20 @@ fn with_to(el: &Element, to: &str) -> Element {
     p
 }
 
+/// Recipients handled between two yields of a broadcast, so that a user
+/// with thousands of contacts does not hold a worker for long.
+const BROADCAST_BATCH: usize = 64;
+
 async fn broadcast(ctx: &Arc<Ctx>, st: &mut ClientState, el: Element) {
     let available = stanza_type(&el) != "unavailable";
+    if !available && !st.available {
+        // RFC 6121 §4.5.2: nothing to retract from contacts for a session
+        // that never was available; only directed presence is withdrawn.
+        for to in std::mem::take(&mut st.directed) {
+            router::send_as_user(ctx, with_to(&el, &to)).await;
+        }
+        return;
+    }
     let priority = if available { priority_of(&el) } else { 0 };
     let initial = available && !st.available;
     let stored = available.then(|| {
@@ -86,8 +115,11 @@ async fn broadcast(ctx: &Arc<Ctx>, st: &mut ClientState, el: Element) {
     st.priority = priority;
 
     let subscribers = roster::contacts(ctx, &st.bare, |i| i.subscription.has_from()).await;
-    for item in &subscribers {
+    for (i, item) in subscribers.iter().enumerate() {
         router::send_as_user(ctx, with_to(&el, &item.jid)).await;
+        if i % BROADCAST_BATCH == BROADCAST_BATCH - 1 {
+            tokio::task::yield_now().await;
+        }
     }
     for r in ctx.sessions.resources(&st.bare) {
         if r.available || r.full == st.full {
@@ -108,44 +140,40 @@ async fn broadcast(ctx: &Arc<Ctx>, st: &mut ClientState, el: Element) {
     if initial {
         initial_presence(ctx, st).await;
     }
+    if available && priority >= 0 {
+        super::offline::session_available(ctx, st).await;
+    }
 }
 
 /// What a resource gets when it becomes available (RFC 6121 §4.2.2–4.2.3):
-/// its contacts' presence, its other resources' presence, pending
-/// subscription requests, and (through the event) offline messages.
-async fn initial_presence(ctx: &Arc<Ctx>, st: &ClientState) {
+/// its contacts' presence, its other resources' presence and pending
+/// subscription requests. There may be thousands of each: they are
+/// delivered as a backlog, at the pace the client reads.
+async fn initial_presence(ctx: &Arc<Ctx>, st: &mut ClientState) {
     let items = roster::contacts(ctx, &st.bare, |i| {
         i.subscription.has_to() || i.pending_in.is_some()
     })
     .await;
-    let me = Jid::from(st.full.clone());
-    for item in &items {
-        if !item.subscription.has_to() {
-            continue;
-        }
-        let Ok(contact) = BareJid::new(&item.jid) else {
-            continue;
-        };
-        if contact.domain().as_str() != ctx.domain {
-            continue; // Federation is not part of this server yet.
-        }
-        send_current_to(ctx, &contact, &me).await;
-    }
-    for r in ctx.sessions.resources(&st.bare) {
-        if r.full == st.full {
-            continue;
-        }
-        if let Some(p) = r.presence_to(st.full.as_str()) {
-            router::deliver_to_session(ctx, &st.full, p);
-        }
-    }
-    for item in &items {
-        if let Some(stored) = &item.pending_in {
-            if let Ok(p) = crate::xml::parse(stored) {
-                router::deliver_to_session(ctx, &st.full, p);
+    let mut contacts = Vec::new();
+    let mut pending = Vec::new();
+    for item in items {
+        if item.subscription.has_to() {
+            if let Ok(c) = BareJid::new(&item.jid) {
+                // Federation is not part of this server yet.
+                if c.domain().as_str() == ctx.domain {
+                    contacts.push(c);
+                }
             }
         }
+        if let Some(p) = item.pending_in {
+            pending.push(p);
+        }
     }
+    st.work.push_back(Box::new(LoginPresence {
+        contacts,
+        pending,
+        own_sent: false,
+    }));
     ctx.registry
         .emit(
             ctx,
@@ -155,6 +183,74 @@ async fn initial_presence(ctx: &Arc<Ctx>, st: &ClientState) {
             },
         )
         .await;
+}
+
+/// The login part of initial presence, produced a step at a time.
+struct LoginPresence {
+    /// Contacts whose presence the user sees (probed locally).
+    contacts: Vec<BareJid>,
+    /// Subscription requests waiting for the user's answer, as received.
+    pending: Vec<String>,
+    own_sent: bool,
+}
+
+/// Contacts or requests handled in one step.
+const LOGIN_STEP: usize = 32;
+
+impl Backlog for LoginPresence {
+    fn step<'a>(&'a mut self, ctx: &'a Arc<Ctx>, st: &'a mut ClientState) -> BoxFuture<'a, bool> {
+        Box::pin(async move {
+            let me = Jid::from(st.full.clone());
+            if !self.contacts.is_empty() {
+                let n = self.contacts.len().min(LOGIN_STEP);
+                for contact in self.contacts.drain(..n) {
+                    send_current_to(ctx, &contact, &me).await;
+                }
+                return true;
+            }
+            if !self.own_sent {
+                self.own_sent = true;
+                for r in ctx.sessions.resources(&st.bare) {
+                    if r.full == st.full {
+                        continue;
+                    }
+                    if let Some(p) = r.presence_to(st.full.as_str()) {
+                        router::deliver_to_session(ctx, &st.full, p);
+                    }
+                }
+                return true;
+            }
+            let n = self.pending.len().min(LOGIN_STEP);
+            for stored in self.pending.drain(..n) {
+                if let Ok(p) = crate::xml::parse(&stored) {
+                    router::deliver_to_session(ctx, &st.full, p);
+                }
+            }
+            !self.pending.is_empty()
+        })
+    }
+}
+
+/// A resource that was available was taken over by a new login of the
+/// same full JID: contacts and the user's other resources see it go
+/// unavailable now (the new session then sends its own presence), and the
+/// old session's end announces nothing.
+pub async fn resource_replaced(ctx: &Arc<Ctx>, full: &FullJid) {
+    let user = full.to_bare();
+    let p = element(
+        "presence",
+        ns::CLIENT,
+        &[("type", "unavailable"), ("from", full.as_str())],
+    );
+    let subscribers = roster::contacts(ctx, &user, |i| i.subscription.has_from()).await;
+    for item in &subscribers {
+        router::send_as_user(ctx, with_to(&p, &item.jid)).await;
+    }
+    for r in ctx.sessions.resources(&user) {
+        if r.available && r.full != *full {
+            let _ = r.mailbox.deliver(with_to(&p, r.full.as_str()));
+        }
+    }
 }
 
 /// Presence addressed to a local user's bare JID.
@@ -220,7 +316,7 @@ pub async fn send_current_to(ctx: &Arc<Ctx>, user: &BareJid, to: &Jid) {
 
 /// Unavailable presence from each of `user`'s available resources to
 /// `contact` (after a subscription was cancelled or the contact blocked).
-pub async fn send_unavailable_to(ctx: &Arc<Ctx>, user: &BareJid, contact: &BareJid) {
+pub async fn send_unavailable_to(ctx: &Arc<Ctx>, user: &BareJid, contact: &Jid) {
     for r in ctx.sessions.resources(user) {
         if !r.available {
             continue;
@@ -265,11 +361,5 @@ pub async fn session_ended(ctx: &Arc<Ctx>, st: &mut ClientState) {
         ns::CLIENT,
         &[("type", "unavailable"), ("from", st.full.as_str())],
     );
-    if st.available {
-        broadcast(ctx, st, p).await;
-    } else {
-        for to in std::mem::take(&mut st.directed) {
-            router::send_as_user(ctx, with_to(&p, &to)).await;
-        }
-    }
+    broadcast(ctx, st, p).await;
 }

@@ -19,8 +19,12 @@ pub fn register(r: &mut Registry) {
 
 struct Private;
 
+/// Every private document's key starts with this: the quota counts them
+/// together.
+const CLASS: &str = "private/";
+
 fn key(el: &Element) -> String {
-    format!("private/{}/{}", el.ns(), el.name())
+    format!("{CLASS}{}/{}", el.ns(), el.name())
 }
 
 fn internal(e: crate::store::StoreError) -> xmpp_parsers::stanza_error::StanzaError {
@@ -76,13 +80,23 @@ impl IqHandler for Private {
                     Ok(Some(r))
                 }
                 IqType::Set => {
+                    let max = ctx.config.limits.max_private_bytes;
                     for c in children {
                         let xml = writer::to_string(c);
-                        ctx.stores
+                        let stored = ctx
+                            .stores
                             .userdata
-                            .put(&user, &key(c), Some(xml))
+                            .put_within(&user, CLASS, &key(c), Some(xml), max)
                             .await
                             .map_err(internal)?;
+                        if !stored {
+                            return Err(simple_error(
+                                Cond::ResourceConstraint,
+                                Some(&format!(
+                                    "private storage is limited to {max} bytes per account"
+                                )),
+                            ));
+                        }
                     }
                     Ok(None)
                 }

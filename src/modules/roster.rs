@@ -220,10 +220,12 @@ async fn remove(ctx: &Arc<Ctx>, user: &BareJid, contact: &BareJid) -> IqResult {
     let cleared = RosterItem::new(contact.as_str());
     save(ctx, user, cleared, true).await.map_err(internal)?;
     if had_from {
-        super::presence::send_unavailable_to(ctx, user, contact).await;
+        super::presence::send_unavailable_to(ctx, user, &Jid::from(contact.clone())).await;
     }
+    // Stanzas on the user's behalf: the user's own filters apply (nothing
+    // goes to a contact the user blocked).
     for p in out {
-        router::route(ctx, p).await;
+        router::send_as_user(ctx, p).await;
     }
     Ok(None)
 }
@@ -271,6 +273,11 @@ pub async fn outbound(ctx: &Arc<Ctx>, user: &BareJid, contact: &BareJid, mut el:
         }
         "unsubscribed" => {
             let had_from = item.subscription.has_from();
+            if !had_from && item.pending_in.is_none() && item.approved {
+                // RFC 6121 §3.4: cancelling a pre-approval is the user's
+                // server's business; the contact never asked.
+                route_it = false;
+            }
             item.subscription = item.subscription.with_from(false);
             item.pending_in = None;
             item.approved = false;
@@ -294,7 +301,7 @@ pub async fn outbound(ctx: &Arc<Ctx>, user: &BareJid, contact: &BareJid, mut el:
             super::presence::send_current_to(ctx, user, &Jid::from(contact.clone())).await
         }
         Some(AfterSubscribed::SendUnavailable) => {
-            super::presence::send_unavailable_to(ctx, user, contact).await
+            super::presence::send_unavailable_to(ctx, user, &Jid::from(contact.clone())).await
         }
         None => {}
     }

@@ -57,14 +57,22 @@ impl IqHandler for VCard {
                         ));
                     }
                     let xml = writer::to_string(&req.payload);
-                    ctx.stores
+                    let max = ctx.config.limits.max_vcard_bytes;
+                    let stored = ctx
+                        .stores
                         .userdata
-                        .put(&user, KEY, Some(xml))
+                        .put_within(&user, KEY, KEY, Some(xml), max)
                         .await
                         .map_err(|e| {
                             tracing::error!(error = %e, "vcard storage failed");
                             simple_error(Cond::InternalServerError, None)
                         })?;
+                    if !stored {
+                        return Err(simple_error(
+                            Cond::PolicyViolation,
+                            Some(&format!("a vCard is limited to {max} bytes")),
+                        ));
+                    }
                     Ok(None)
                 }
             }

@@ -145,11 +145,14 @@ pub struct XmlConn {
 }
 
 impl XmlConn {
+    /// A connection read with `limits` (until `set_limits`), at a
+    /// sustained `bytes_per_sec` with bursts of `burst` bytes.
     pub fn new(
         tcp: TcpStream,
         peer: SocketAddr,
         limits: xml::Limits,
         bytes_per_sec: usize,
+        burst: usize,
     ) -> Self {
         let _ = tcp.set_nodelay(true);
         XmlConn {
@@ -159,11 +162,25 @@ impl XmlConn {
             limits,
             frames: VecDeque::new(),
             pending_error: None,
-            rate: RateLimit::new(
-                bytes_per_sec,
-                (bytes_per_sec * 2).max(limits.max_stanza_bytes * 2),
-            ),
+            rate: RateLimit::new(bytes_per_sec, burst.max(bytes_per_sec)),
         }
+    }
+
+    /// The limits in force (for the stream features' XEP-0478 limits).
+    pub fn limits(&self) -> xml::Limits {
+        self.limits
+    }
+
+    /// Read with other limits from the next stream on (after SASL).
+    pub fn set_limits(&mut self, limits: xml::Limits) {
+        self.limits = limits;
+    }
+
+    /// Charge `bytes` to the read budget, as if they had been read: what a
+    /// stanza costs the server beyond its own size (its copies to many
+    /// recipients) slows down the sender's next reads, not everyone else.
+    pub fn charge(&mut self, bytes: usize) {
+        self.rate.consume(bytes);
     }
 
     /// Start parsing a new stream (after STARTTLS or SASL success).

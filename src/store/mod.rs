@@ -240,23 +240,42 @@ pub trait RosterStore: Send + Sync {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OfflinePush {
     Stored,
-    /// The user's queue is at its limit.
+    /// The user's queue is at its limit (messages or bytes).
     Full,
 }
 
+/// How much one user's offline queue may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OfflineQuota {
+    pub max_messages: usize,
+    pub max_bytes: usize,
+}
+
 pub trait OfflineStore: Send + Sync {
-    /// Queue a serialized stanza for `user`, unless `max` are queued already.
+    /// Queue a serialized stanza for `user` unless that would take the
+    /// queue over `quota`. Checked and applied atomically: concurrent
+    /// pushes never take the queue over its quota.
     fn push<'a>(
         &'a self,
         user: &'a BareJid,
         stanza: String,
-        max: usize,
+        quota: OfflineQuota,
     ) -> BoxFuture<'a, StoreResult<OfflinePush>>;
-    /// All queued stanzas, oldest first, with their keys.
-    fn peek<'a>(&'a self, user: &'a BareJid) -> BoxFuture<'a, StoreResult<Vec<(u64, String)>>>;
+    /// Queued stanzas after the key `after` (from the start with `None`),
+    /// oldest first, with their keys: at most `max_items`, and no more
+    /// than `max_bytes` in all unless the first alone is larger. Read off
+    /// the async workers, so a large queue does not stall other users.
+    fn chunk<'a>(
+        &'a self,
+        user: &'a BareJid,
+        after: Option<u64>,
+        max_items: usize,
+        max_bytes: usize,
+    ) -> BoxFuture<'a, StoreResult<Vec<(u64, String)>>>;
     /// Delete the given entries (after delivery).
     fn remove<'a>(&'a self, user: &'a BareJid, keys: &'a [u64]) -> BoxFuture<'a, StoreResult<()>>;
-    fn count<'a>(&'a self, user: &'a BareJid) -> BoxFuture<'a, StoreResult<usize>>;
+    /// Messages and bytes queued.
+    fn usage<'a>(&'a self, user: &'a BareJid) -> BoxFuture<'a, StoreResult<(usize, usize)>>;
 }
 
 /// Small per-user documents: vCard, private XML, block list, settings.
@@ -273,6 +292,18 @@ pub trait UserDataStore: Send + Sync {
         key: &'a str,
         value: Option<String>,
     ) -> BoxFuture<'a, StoreResult<()>>;
+    /// Set or delete a document whose key starts with `class`, unless the
+    /// documents of that class would then take more than `max_bytes` for
+    /// this user (`Ok(false)`, nothing changed). Checked and applied
+    /// atomically.
+    fn put_within<'a>(
+        &'a self,
+        user: &'a BareJid,
+        class: &'a str,
+        key: &'a str,
+        value: Option<String>,
+        max_bytes: usize,
+    ) -> BoxFuture<'a, StoreResult<bool>>;
 }
 
 /// Every store the server uses.
@@ -293,6 +324,7 @@ pub trait StoreCloser: Send + Sync {
 impl Stores {
     /// Open the default (sled) backend in `dir`.
     pub fn open_sled(dir: &std::path::Path) -> StoreResult<Stores> {
+        crate::datadir::prepare(dir).map_err(StoreError)?;
         let s = Arc::new(sled::SledStore::open(dir)?);
         Ok(Stores {
             accounts: s.clone(),

@@ -7,6 +7,10 @@
 //! - `roster_ver`: user → u64 (big endian)
 //! - `offline`:    user \0 u64 sequence → stanza XML
 //! - `userdata`:   user \0 key → value
+//! - `usage`:      user \0 class → count and bytes (u64, u64 big endian) of
+//!   what the user keeps in a class (`offline`, or `ud:` and a userdata key
+//!   prefix): the quotas are checked against it in the same transaction
+//!   that writes, so concurrent writers cannot overshoot them.
 //!
 //! Durability: writes go to sled, then wait for a group commit: one flusher
 //! thread runs `flush()` (write + fsync) for every writer that queued up
@@ -22,8 +26,8 @@ use tokio::sync::oneshot;
 use xmpp_parsers::jid::BareJid;
 
 use super::{
-    Account, AccountStore, BoxFuture, OfflinePush, OfflineStore, RosterItem, RosterStore,
-    StoreCloser, StoreError, StoreResult, UserDataStore,
+    Account, AccountStore, BoxFuture, OfflinePush, OfflineQuota, OfflineStore, RosterItem,
+    RosterStore, StoreCloser, StoreError, StoreResult, UserDataStore,
 };
 
 type Waiter = oneshot::Sender<StoreResult<()>>;
@@ -35,6 +39,7 @@ pub struct SledStore {
     roster_ver: sled::Tree,
     offline: sled::Tree,
     userdata: sled::Tree,
+    usage: sled::Tree,
     flusher: Mutex<Option<std_mpsc::Sender<Waiter>>>,
     flusher_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -71,6 +76,37 @@ fn user_key(user: &str, rest: &[u8]) -> Vec<u8> {
     let mut k = user_prefix(user);
     k.extend_from_slice(rest);
     k
+}
+
+/// Count and bytes of a usage record.
+fn decode_usage(v: Option<&[u8]>) -> (u64, u64) {
+    match v {
+        Some(v) if v.len() == 16 => (decode_u64(&v[..8]), decode_u64(&v[8..])),
+        _ => (0, 0),
+    }
+}
+
+fn encode_usage(count: u64, bytes: u64) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    out[..8].copy_from_slice(&count.to_be_bytes());
+    out[8..].copy_from_slice(&bytes.to_be_bytes());
+    out
+}
+
+const OFFLINE_CLASS: &str = "offline";
+
+fn usage_key(user: &str, class: &str) -> Vec<u8> {
+    user_key(user, class.as_bytes())
+}
+
+fn userdata_class(class: &str) -> String {
+    format!("ud:{class}")
+}
+
+/// Why a quota transaction did not apply.
+#[derive(Debug)]
+enum Refused {
+    OverQuota,
 }
 
 fn decode_u64(v: &[u8]) -> u64 {
@@ -117,6 +153,7 @@ impl SledStore {
             roster_ver: db.open_tree("roster_ver").map_err(e)?,
             offline: db.open_tree("offline").map_err(e)?,
             userdata: db.open_tree("userdata").map_err(e)?,
+            usage: db.open_tree("usage").map_err(e)?,
             db,
             flusher: Mutex::new(Some(tx)),
             flusher_thread: Mutex::new(Some(thread)),
@@ -137,6 +174,32 @@ impl SledStore {
                 .map_err(|_| StoreError("flusher stopped".into()))?;
         }
         rx.await.map_err(|_| StoreError("flusher stopped".into()))?
+    }
+
+    /// Make sure a usage record exists for `user`'s `class` (whose entries
+    /// are the keys of `tree` under `prefix`): data written before usage
+    /// was recorded is counted once.
+    fn ensure_usage(&self, tree: &sled::Tree, prefix: &[u8], ukey: &[u8]) -> StoreResult<()> {
+        if self.usage.contains_key(ukey).map_err(e)? {
+            return Ok(());
+        }
+        let (mut count, mut bytes) = (0u64, 0u64);
+        for kv in tree.scan_prefix(prefix) {
+            let (_, v) = kv.map_err(e)?;
+            count += 1;
+            bytes += v.len() as u64;
+        }
+        // Another writer may have done the same meanwhile: either count
+        // is right, as nothing of this class is written before it exists.
+        let _ = self
+            .usage
+            .compare_and_swap(
+                ukey,
+                None as Option<&[u8]>,
+                Some(&encode_usage(count, bytes)[..]),
+            )
+            .map_err(e)?;
+        Ok(())
     }
 
     fn remove_prefix(tree: &sled::Tree, prefix: &[u8]) -> StoreResult<()> {
@@ -217,7 +280,7 @@ impl AccountStore for SledStore {
             // account that can be deleted again, never orphaned data that a
             // new account of the same name would inherit.
             let prefix = user_prefix(user);
-            for tree in [&self.roster, &self.offline, &self.userdata] {
+            for tree in [&self.roster, &self.offline, &self.userdata, &self.usage] {
                 Self::remove_prefix(tree, &prefix)?;
             }
             self.roster_ver.remove(user.as_bytes()).map_err(e)?;
@@ -346,54 +409,120 @@ impl OfflineStore for SledStore {
         &'a self,
         user: &'a BareJid,
         stanza: String,
-        max: usize,
+        quota: OfflineQuota,
     ) -> BoxFuture<'a, StoreResult<OfflinePush>> {
         Box::pin(async move {
             let prefix = user_prefix(user.as_str());
-            if self.offline.scan_prefix(&prefix).keys().take(max).count() >= max {
-                return Ok(OfflinePush::Full);
-            }
+            let ukey = usage_key(user.as_str(), OFFLINE_CLASS);
+            self.ensure_usage(&self.offline, &prefix, &ukey)?;
             let seq = self.db.generate_id().map_err(e)?;
             let key = user_key(user.as_str(), &seq.to_be_bytes());
-            self.offline.insert(key, stanza.as_bytes()).map_err(e)?;
+            let len = stanza.len() as u64;
+            let r = (&self.offline, &self.usage).transaction(|(offline, usage)| {
+                let (count, bytes) = decode_usage(usage.get(&ukey)?.as_deref());
+                if count + 1 > quota.max_messages as u64 || bytes + len > quota.max_bytes as u64 {
+                    return Err(ConflictableTransactionError::Abort(Refused::OverQuota));
+                }
+                offline.insert(key.as_slice(), stanza.as_bytes())?;
+                usage.insert(ukey.as_slice(), &encode_usage(count + 1, bytes + len)[..])?;
+                Ok(())
+            });
+            match r {
+                Ok(()) => {}
+                Err(TransactionError::Abort(Refused::OverQuota)) => return Ok(OfflinePush::Full),
+                Err(TransactionError::Storage(err)) => return Err(e(err)),
+            }
             self.commit().await?;
             Ok(OfflinePush::Stored)
         })
     }
 
-    fn peek<'a>(&'a self, user: &'a BareJid) -> BoxFuture<'a, StoreResult<Vec<(u64, String)>>> {
+    fn chunk<'a>(
+        &'a self,
+        user: &'a BareJid,
+        after: Option<u64>,
+        max_items: usize,
+        max_bytes: usize,
+    ) -> BoxFuture<'a, StoreResult<Vec<(u64, String)>>> {
+        let tree = self.offline.clone();
+        let prefix = user_prefix(user.as_str());
         Box::pin(async move {
-            let prefix = user_prefix(user.as_str());
-            let mut out = Vec::new();
-            for kv in self.offline.scan_prefix(&prefix) {
-                let (k, v) = kv.map_err(e)?;
-                let seq = decode_u64(k.get(prefix.len()..).unwrap_or_default());
-                out.push((seq, String::from_utf8_lossy(&v).into_owned()));
-            }
-            Ok(out)
+            let read = move || -> StoreResult<Vec<(u64, String)>> {
+                let start = match after {
+                    Some(k) => user_key_after(&prefix, k),
+                    None => prefix.clone(),
+                };
+                // The user's keys are `user \0 seq`: `user \x01` sorts after
+                // all of them and before any other user's (JIDs contain
+                // no control characters).
+                let mut end = prefix.clone();
+                if let Some(last) = end.last_mut() {
+                    *last = 1;
+                }
+                let mut out = Vec::new();
+                let mut bytes = 0usize;
+                for kv in tree.range(start..end) {
+                    let (k, v) = kv.map_err(e)?;
+                    if !out.is_empty() && (out.len() >= max_items || bytes + v.len() > max_bytes) {
+                        break;
+                    }
+                    bytes += v.len();
+                    let seq = decode_u64(k.get(prefix.len()..).unwrap_or_default());
+                    out.push((seq, String::from_utf8_lossy(&v).into_owned()));
+                }
+                Ok(out)
+            };
+            tokio::task::spawn_blocking(read)
+                .await
+                .map_err(|err| StoreError(format!("offline read failed: {err}")))?
         })
     }
 
     fn remove<'a>(&'a self, user: &'a BareJid, keys: &'a [u64]) -> BoxFuture<'a, StoreResult<()>> {
         Box::pin(async move {
-            let mut batch = sled::Batch::default();
-            for k in keys {
-                batch.remove(user_key(user.as_str(), &k.to_be_bytes()));
-            }
-            self.offline.apply_batch(batch).map_err(e)?;
+            let prefix = user_prefix(user.as_str());
+            let ukey = usage_key(user.as_str(), OFFLINE_CLASS);
+            self.ensure_usage(&self.offline, &prefix, &ukey)?;
+            let keys: Vec<Vec<u8>> = keys
+                .iter()
+                .map(|k| user_key(user.as_str(), &k.to_be_bytes()))
+                .collect();
+            (&self.offline, &self.usage)
+                .transaction(|(offline, usage)| {
+                    let (mut count, mut bytes) = decode_usage(usage.get(&ukey)?.as_deref());
+                    for k in &keys {
+                        if let Some(v) = offline.remove(k.as_slice())? {
+                            count = count.saturating_sub(1);
+                            bytes = bytes.saturating_sub(v.len() as u64);
+                        }
+                    }
+                    usage.insert(ukey.as_slice(), &encode_usage(count, bytes)[..])?;
+                    Ok::<(), ConflictableTransactionError<()>>(())
+                })
+                .map_err(|err: TransactionError<()>| e(format!("{err:?}")))?;
             self.commit().await
         })
     }
 
-    fn count<'a>(&'a self, user: &'a BareJid) -> BoxFuture<'a, StoreResult<usize>> {
+    fn usage<'a>(&'a self, user: &'a BareJid) -> BoxFuture<'a, StoreResult<(usize, usize)>> {
         Box::pin(async move {
-            Ok(self
-                .offline
-                .scan_prefix(user_prefix(user.as_str()))
-                .keys()
-                .count())
+            let prefix = user_prefix(user.as_str());
+            let ukey = usage_key(user.as_str(), OFFLINE_CLASS);
+            self.ensure_usage(&self.offline, &prefix, &ukey)?;
+            let (c, b) = decode_usage(self.usage.get(&ukey).map_err(e)?.as_deref());
+            Ok((c as usize, b as usize))
         })
     }
+}
+
+/// The first possible key of `prefix`'s entries after sequence `k`.
+fn user_key_after(prefix: &[u8], k: u64) -> Vec<u8> {
+    let mut key = prefix.to_vec();
+    match k.checked_add(1) {
+        Some(n) => key.extend_from_slice(&n.to_be_bytes()),
+        None => key.push(0xff),
+    }
+    key
 }
 
 impl UserDataStore for SledStore {
@@ -427,6 +556,57 @@ impl UserDataStore for SledStore {
             self.commit().await
         })
     }
+
+    fn put_within<'a>(
+        &'a self,
+        user: &'a BareJid,
+        class: &'a str,
+        key: &'a str,
+        value: Option<String>,
+        max_bytes: usize,
+    ) -> BoxFuture<'a, StoreResult<bool>> {
+        Box::pin(async move {
+            if !key.starts_with(class) {
+                return Err(StoreError(format!("{key} is not in class {class}")));
+            }
+            let k = user_key(user.as_str(), key.as_bytes());
+            let prefix = user_key(user.as_str(), class.as_bytes());
+            let ukey = usage_key(user.as_str(), &userdata_class(class));
+            self.ensure_usage(&self.userdata, &prefix, &ukey)?;
+            let new_len = value.as_ref().map_or(0, |v| v.len()) as u64;
+            let r = (&self.userdata, &self.usage).transaction(|(data, usage)| {
+                let (count, bytes) = decode_usage(usage.get(&ukey)?.as_deref());
+                let old = data.get(k.as_slice())?;
+                let old_len = old.as_ref().map_or(0, |v| v.len()) as u64;
+                let total = bytes - old_len.min(bytes) + new_len;
+                if new_len > old_len && total > max_bytes as u64 {
+                    return Err(ConflictableTransactionError::Abort(Refused::OverQuota));
+                }
+                let count = match (&old, &value) {
+                    (None, Some(_)) => count + 1,
+                    (Some(_), None) => count.saturating_sub(1),
+                    _ => count,
+                };
+                match &value {
+                    Some(v) => {
+                        data.insert(k.as_slice(), v.as_bytes())?;
+                    }
+                    None => {
+                        data.remove(k.as_slice())?;
+                    }
+                }
+                usage.insert(ukey.as_slice(), &encode_usage(count, total)[..])?;
+                Ok(())
+            });
+            match r {
+                Ok(()) => {}
+                Err(TransactionError::Abort(Refused::OverQuota)) => return Ok(false),
+                Err(TransactionError::Storage(err)) => return Err(e(err)),
+            }
+            self.commit().await?;
+            Ok(true)
+        })
+    }
 }
 
 impl StoreCloser for SledStore {
@@ -438,7 +618,7 @@ impl StoreCloser for SledStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{ScramRecord, Subscription};
+    use crate::store::{OfflineQuota, ScramRecord, Subscription};
 
     fn rec() -> ScramRecord {
         ScramRecord {
@@ -476,7 +656,7 @@ mod tests {
             item.subscription = Subscription::To;
             assert_eq!(s.put_item(&jid("a@x"), item).await.unwrap(), 1);
             assert_eq!(
-                OfflineStore::push(&s, &jid("a@x"), "<message/>".into(), 2)
+                OfflineStore::push(&s, &jid("a@x"), "<message/>".into(), quota(2))
                     .await
                     .unwrap(),
                 OfflinePush::Stored
@@ -491,27 +671,27 @@ mod tests {
         let (ver, items) = s.roster(&jid("a@x")).await.unwrap();
         assert_eq!(ver, 1);
         assert_eq!(items[0].subscription, Subscription::To);
-        let msgs = s.peek(&jid("a@x")).await.unwrap();
+        let msgs = s.chunk(&jid("a@x"), None, 10, 1 << 20).await.unwrap();
         assert_eq!(msgs.len(), 1);
         assert_eq!(msgs[0].1, "<message/>");
-        OfflineStore::push(&s, &jid("a@x"), "<m2/>".into(), 2)
+        OfflineStore::push(&s, &jid("a@x"), "<m2/>".into(), quota(2))
             .await
             .unwrap();
         assert_eq!(
-            OfflineStore::push(&s, &jid("a@x"), "<m3/>".into(), 2)
+            OfflineStore::push(&s, &jid("a@x"), "<m3/>".into(), quota(2))
                 .await
                 .unwrap(),
             OfflinePush::Full
         );
         let keys: Vec<u64> = s
-            .peek(&jid("a@x"))
+            .chunk(&jid("a@x"), None, 10, 1 << 20)
             .await
             .unwrap()
             .iter()
             .map(|m| m.0)
             .collect();
         s.remove(&jid("a@x"), &keys).await.unwrap();
-        assert_eq!(s.count(&jid("a@x")).await.unwrap(), 0);
+        assert_eq!(s.usage(&jid("a@x")).await.unwrap(), (0, 0));
         assert!(s.delete(&jid("a@x")).await.unwrap());
         assert!(s.roster(&jid("a@x")).await.unwrap().1.is_empty());
         assert!(UserDataStore::get(&s, &jid("a@x"), "vcard")
@@ -519,6 +699,97 @@ mod tests {
             .unwrap()
             .is_none());
         assert!(!s.exists(&jid("a@x")).unwrap());
+    }
+
+    fn quota(max_messages: usize) -> OfflineQuota {
+        OfflineQuota {
+            max_messages,
+            max_bytes: 1 << 20,
+        }
+    }
+
+    #[tokio::test]
+    async fn offline_quota_holds_under_concurrent_pushes() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = std::sync::Arc::new(SledStore::open(dir.path()).unwrap());
+        let q = OfflineQuota {
+            max_messages: 10,
+            max_bytes: 1000,
+        };
+        let mut tasks = Vec::new();
+        for i in 0..32 {
+            let s = s.clone();
+            tasks.push(tokio::spawn(async move {
+                OfflineStore::push(&*s, &jid("a@x"), format!("<m{i:02}/>"), q)
+                    .await
+                    .unwrap()
+            }));
+        }
+        let mut stored = 0;
+        for t in tasks {
+            if t.await.unwrap() == OfflinePush::Stored {
+                stored += 1;
+            }
+        }
+        assert_eq!(stored, 10);
+        assert_eq!(s.usage(&jid("a@x")).await.unwrap().0, 10);
+        // Bytes count too: 100-byte messages, 1000 bytes allowed.
+        let user = jid("b@x");
+        for i in 0..12 {
+            let r = OfflineStore::push(&*s, &user, "x".repeat(100), q)
+                .await
+                .unwrap();
+            assert_eq!(r == OfflinePush::Stored, i < 10, "{i}");
+        }
+        // Chunks: in order, bounded, resumable.
+        let first = s.chunk(&user, None, 3, 1 << 20).await.unwrap();
+        assert_eq!(first.len(), 3);
+        let rest = s.chunk(&user, Some(first[2].0), 100, 450).await.unwrap();
+        assert_eq!(rest.len(), 4);
+        assert!(rest[0].0 > first[2].0);
+        // A message larger than the byte bound still comes, alone.
+        assert_eq!(s.chunk(&user, None, 100, 10).await.unwrap().len(), 1);
+        // Another user's messages never show up.
+        assert!(s
+            .chunk(&jid("a@x"), None, 100, 1 << 20)
+            .await
+            .unwrap()
+            .iter()
+            .all(|(_, m)| m.starts_with("<m")));
+    }
+
+    #[tokio::test]
+    async fn userdata_quota_counts_a_class() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
+        let u = jid("a@x");
+        assert!(s
+            .put_within(&u, "private/", "private/a", Some("x".repeat(60)), 100)
+            .await
+            .unwrap());
+        assert!(!s
+            .put_within(&u, "private/", "private/b", Some("x".repeat(60)), 100)
+            .await
+            .unwrap());
+        // Replacing a document counts its new size only.
+        assert!(s
+            .put_within(&u, "private/", "private/a", Some("x".repeat(90)), 100)
+            .await
+            .unwrap());
+        // Deleting gives the room back.
+        assert!(s
+            .put_within(&u, "private/", "private/a", None, 100)
+            .await
+            .unwrap());
+        assert!(s
+            .put_within(&u, "private/", "private/b", Some("x".repeat(100)), 100)
+            .await
+            .unwrap());
+        // Other keys are another class.
+        assert!(s
+            .put_within(&u, "vcard", "vcard", Some("x".repeat(100)), 100)
+            .await
+            .unwrap());
     }
 
     #[tokio::test]

@@ -5,19 +5,41 @@ pub mod writer;
 
 pub use reader::{Frame, Limits, ReadError, StreamHeader, StreamReader};
 
+/// Memory a stored document may always use when it is parsed again.
+const PARSE_MEMORY_FLOOR: usize = 32 << 20;
+
 /// Parse one stored element (as written by `writer::to_string`) with the
 /// same limits-checking reader the streams use: never minidom's recursive
 /// parser, so nothing read back from disk can exhaust the stack.
 pub fn parse(xml: &str) -> Result<minidom::Element, ReadError> {
+    parse_one(b"<s>", xml.as_bytes())
+}
+
+/// Parse a stanza as it is written to a client stream (a child of a
+/// stream whose default namespace is `jabber:client`), e.g. one that
+/// waited in a session's queue.
+pub fn parse_client_stanza(xml: &[u8]) -> Result<minidom::Element, ReadError> {
+    parse_one(b"<s xmlns='jabber:client'>", xml)
+}
+
+/// Parse exactly one element inside the opening tag `root`.
+fn parse_one(root: &[u8], xml: &[u8]) -> Result<minidom::Element, ReadError> {
+    // Stored documents were read within a stream's limits; their tree is
+    // bounded by those, whatever their serialized length. What was stored
+    // before those limits existed is bounded here.
     let limits = Limits {
         max_stanza_bytes: xml.len().saturating_add(64),
+        max_stanza_memory: xml
+            .len()
+            .saturating_mul(reader::MEMORY_PER_STANZA_BYTE)
+            .max(PARSE_MEMORY_FLOOR),
         max_depth: 256,
         max_attributes: 1024,
     };
     let mut r = StreamReader::new(limits);
     let mut out = std::collections::VecDeque::new();
-    r.feed(b"<s>", &mut out)?;
-    r.feed(xml.as_bytes(), &mut out)?;
+    r.feed(root, &mut out)?;
+    r.feed(xml, &mut out)?;
     let mut elements = out.into_iter().filter_map(|f| match f {
         Frame::Element(e) => Some(e),
         _ => None,

@@ -30,7 +30,8 @@ async fn starttls_is_required_and_offered_first() {
         .expect("STARTTLS offered");
     assert!(st.has_child("required", "urn:ietf:params:xml:ns:xmpp-tls"));
     assert!(c.mechanisms().is_empty(), "no SASL before TLS");
-    // XEP-0478: the stanza size limit is advertised.
+    // XEP-0478: the stanza size limit is advertised; before
+    // authentication it is the smaller pre-authentication limit.
     let limits = c
         .feature("limits", "urn:xmpp:stream-limits:0")
         .expect("limits advertised");
@@ -39,7 +40,7 @@ async fn starttls_is_required_and_offered_first() {
             .get_child("max-bytes", "urn:xmpp:stream-limits:0")
             .unwrap()
             .text(),
-        "262144"
+        "16384"
     );
     // Trying to authenticate in the clear ends the stream.
     let plain = base64_plain("alice", PW);
@@ -94,6 +95,12 @@ async fn login_with(mech: &str) {
     assert!(c
         .feature("bind", "urn:ietf:params:xml:ns:xmpp-bind")
         .is_some());
+    // Once authenticated, the full stanza limit applies and is announced.
+    let max = c
+        .feature("limits", "urn:xmpp:stream-limits:0")
+        .and_then(|l| l.get_child("max-bytes", "urn:xmpp:stream-limits:0"))
+        .map(|m| m.text());
+    assert_eq!(max.as_deref(), Some("262144"));
     let jid = c.bind(Some("desk")).await;
     assert_eq!(jid, "alice@localhost/desk");
     let pong = c

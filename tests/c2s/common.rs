@@ -127,7 +127,18 @@ impl TestServer {
     /// Log in `user` with SCRAM-SHA-256 over STARTTLS, bind `resource`,
     /// send initial presence unless `quiet`.
     pub async fn login(&self, user: &str, password: &str, resource: &str) -> Client {
-        let mut c = Client::connect(self.addr(), self.cert_path()).await;
+        let c = Client::connect(self.addr(), self.cert_path()).await;
+        self.login_on(c, user, password, resource).await
+    }
+
+    /// Negotiate on a connected client: STARTTLS, SCRAM-SHA-256, bind.
+    pub async fn login_on(
+        &self,
+        mut c: Client,
+        user: &str,
+        password: &str,
+        resource: &str,
+    ) -> Client {
         c.start_stream().await;
         c.starttls().await;
         c.start_stream().await;
@@ -254,6 +265,7 @@ fn tls_config(cert: &PathBuf, alpn: Option<&[u8]>) -> Arc<rustls::ClientConfig> 
 fn client_limits() -> Limits {
     Limits {
         max_stanza_bytes: 64 << 20,
+        max_stanza_memory: 4 << 30,
         max_depth: 1000,
         max_attributes: 1000,
     }
@@ -262,6 +274,26 @@ fn client_limits() -> Limits {
 impl Client {
     pub async fn connect(addr: SocketAddr, cert: PathBuf) -> Client {
         let tcp = TcpStream::connect(addr).await.unwrap();
+        Self::over(tcp, cert)
+    }
+
+    /// Connect from a chosen loopback source address (127.0.0.0/8), so a
+    /// test can play several clients on different addresses.
+    pub async fn connect_from(addr: SocketAddr, cert: PathBuf, src: std::net::IpAddr) -> Client {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind(SocketAddr::new(src, 0)).unwrap();
+        Self::over(sock.connect(addr).await.unwrap(), cert)
+    }
+
+    /// Connect with a small receive buffer: a client that stops reading
+    /// fills it, and the server's writes to it block, after a few KiB.
+    pub async fn connect_small_rcvbuf(addr: SocketAddr, cert: PathBuf) -> Client {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.set_recv_buffer_size(4096).unwrap();
+        Self::over(sock.connect(addr).await.unwrap(), cert)
+    }
+
+    fn over(tcp: TcpStream, cert: PathBuf) -> Client {
         tcp.set_nodelay(true).unwrap();
         Client {
             io: Io::Plain(tcp),
@@ -686,6 +718,40 @@ impl Client {
 
     /// Drop the TCP connection without closing the stream.
     pub fn kill(self) {}
+
+    /// Abort the TCP connection with a reset (RST): what the server has
+    /// not yet written can no longer be written.
+    pub fn reset(self) {
+        let tcp = match &self.io {
+            Io::Plain(s) => Some(s),
+            Io::Tls(s) => Some(s.get_ref().0),
+            Io::None => None,
+        };
+        if let Some(tcp) = tcp {
+            let _ = tcp.set_zero_linger();
+        }
+    }
+
+    /// Every element that arrives within `t` (the connection may close).
+    pub async fn drain_within(&mut self, t: Duration) -> Vec<Element> {
+        let mut out: Vec<Element> = self.pending.drain(..).collect();
+        let deadline = tokio::time::Instant::now() + t;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return out;
+            }
+            match self.frame_within(left).await {
+                Some(Frame::Element(e)) => out.push(e),
+                Some(Frame::Header(_)) => {}
+                Some(Frame::Close) | None => {
+                    if self.closed {
+                        return out;
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Parse a stanza string (with `jabber:client` as default namespace).
@@ -702,6 +768,26 @@ pub fn el(s: &str) -> Element {
             _ => None,
         })
         .unwrap()
+}
+
+/// A presence of type `typ` from a JID starting with `prefix`.
+pub fn presence_from<'a>(prefix: &'a str, typ: Option<&'a str>) -> impl Fn(&Element) -> bool + 'a {
+    move |e| {
+        e.name() == "presence"
+            && e.attr("type") == typ
+            && e.attr("from").is_some_and(|f| f.starts_with(prefix))
+    }
+}
+
+/// `x` asks `y` for presence subscription and `y` approves.
+pub async fn subscribe(x: &mut Client, y: &mut Client, xjid: &str, yjid: &str) {
+    x.send_raw(&format!("<presence to='{yjid}' type='subscribe'/>"))
+        .await;
+    y.expect_where(presence_from(xjid, Some("subscribe"))).await;
+    y.send_raw(&format!("<presence to='{xjid}' type='subscribed'/>"))
+        .await;
+    x.expect_where(presence_from(yjid, Some("subscribed")))
+        .await;
 }
 
 pub fn is_msg_from(e: &Element, from_prefix: &str) -> bool {

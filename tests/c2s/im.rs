@@ -25,28 +25,6 @@ fn roster_push_for<'a>(jid: &'a str, sub: &'a str) -> impl Fn(&minidom::Element)
     }
 }
 
-fn presence_from<'a>(
-    prefix: &'a str,
-    typ: Option<&'a str>,
-) -> impl Fn(&minidom::Element) -> bool + 'a {
-    move |e| {
-        e.name() == "presence"
-            && e.attr("type") == typ
-            && e.attr("from").is_some_and(|f| f.starts_with(prefix))
-    }
-}
-
-/// `x` asks `y` for presence subscription and `y` approves.
-async fn subscribe(x: &mut Client, y: &mut Client, xjid: &str, yjid: &str) {
-    x.send_raw(&format!("<presence to='{yjid}' type='subscribe'/>"))
-        .await;
-    y.expect_where(presence_from(xjid, Some("subscribe"))).await;
-    y.send_raw(&format!("<presence to='{xjid}' type='subscribed'/>"))
-        .await;
-    x.expect_where(presence_from(yjid, Some("subscribed")))
-        .await;
-}
-
 /// Make alice and bob subscribed both ways, both online.
 async fn befriend(s: &TestServer) -> (Client, Client) {
     let mut a = s.online("alice", PW, "a").await;

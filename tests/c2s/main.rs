@@ -8,6 +8,7 @@ mod auth;
 mod carbons;
 mod cli;
 mod errors;
+mod hardening;
 mod im;
 mod iq;
 mod persist;
