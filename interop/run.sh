@@ -55,6 +55,8 @@ done
 
 "$confab" --config "$work/confab.toml" user add alice@localhost interop-pw-1 >/dev/null
 "$confab" --config "$work/confab.toml" user add bob@localhost interop-pw-1 >/dev/null
+"$confab" --config "$work/confab.toml" user add carol@localhost interop-pw-1 >/dev/null
+"$confab" --config "$work/confab.toml" user add mallory@localhost interop-pw-1 >/dev/null
 
 failed=0
 run() {
@@ -71,6 +73,10 @@ run() {
 
 cert="$work/data/tls/localhost.crt"
 run c2s_scenario $py "$here/c2s_scenario.py" --server 127.0.0.1 --port "$port" \
+    --domain localhost --cafile "$cert" --password interop-pw-1 ${INTEROP_DEBUG:+--debug}
+# Reserved namespaces are refused at the reader; a slixmpp recipient
+# stays connected and nothing poisoned is stored for an offline one.
+run poison_scenario $py "$here/poison_scenario.py" --server 127.0.0.1 --port "$port" \
     --domain localhost --cafile "$cert" --password interop-pw-1 ${INTEROP_DEBUG:+--debug}
 # The lab's one-shot client over direct TLS (XEP-0368): log in and send.
 run send_direct_tls $py "$here/send.py" --jid alice@localhost --password interop-pw-1 \

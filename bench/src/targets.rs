@@ -280,7 +280,7 @@ impl Running {
                         "domain = \"{domain}\"\ndata_dir = \"{data}\"\n\
                          [listen]\nc2s = [\"{addr}\"]\nc2s_direct_tls = []\n\
                          [tls]\ncert = \"{certs}/{domain}.crt\"\nkey = \"{certs}/{domain}.key\"\n\
-                         [limits]\nc2s_bytes_per_sec = 104857600\nsession_queue = 8192\n\
+                         [limits]\nc2s_bytes_per_sec = 104857600\nsession_queue = 8192\nmax_connections_per_ip = 0\n\
                          auth_failures_per_ip = 1000000\nnegotiation_timeout_secs = 120\n\
                          [log]\nlevel = \"warn\"\n",
                         domain = kind.domain(),

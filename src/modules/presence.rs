@@ -29,7 +29,8 @@ fn is_subscription(typ: &str) -> bool {
     )
 }
 
-/// Presence from a bound client (`from` already stamped).
+/// Presence from a bound client (`from` stamped, and the user's filters
+/// passed when it has a `to`).
 pub async fn outbound(ctx: &Arc<Ctx>, st: &mut ClientState, el: Element, to: Option<Jid>) {
     let typ = stanza_type(&el).to_string();
     // Presence is copied to every contact: its size is bounded apart from
@@ -67,9 +68,10 @@ pub async fn outbound(ctx: &Arc<Ctx>, st: &mut ClientState, el: Element, to: Opt
             } else {
                 st.directed.remove(to.as_str());
             }
-            router::send_as_user(ctx, el).await;
+            // The router ran the user's filters on it already.
+            router::route(ctx, el).await;
         }
-        (Some(_), "error") => router::send_as_user(ctx, el).await,
+        (Some(_), "error") => router::route(ctx, el).await,
         // Probes are the server's business (RFC 6121 §4.3).
         _ => {}
     }

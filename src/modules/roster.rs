@@ -341,7 +341,7 @@ pub async fn inbound(ctx: &Arc<Ctx>, user: &BareJid, contact: &BareJid, mut el: 
                 super::presence::send_current_to(ctx, user, &Jid::from(contact.clone())).await;
                 return;
             }
-            item.pending_in = Some(writer::to_string(&el));
+            item.pending_in = Some(writer::to_string(&pending_request(&el)));
             deliver = true;
         }
         "subscribed" => {
@@ -380,6 +380,37 @@ pub async fn inbound(ctx: &Arc<Ctx>, user: &BareJid, contact: &BareJid, mut el: 
     }
 }
 
+/// What is kept of a subscription request until the user answers it: the
+/// addresses, the status text and the requester's nickname (XEP-0172),
+/// each cut to 1 KiB. Requests from thousands of accounts are kept and
+/// re-sent at every login: they must stay small.
+fn pending_request(el: &Element) -> Element {
+    const NICK: &str = "http://jabber.org/protocol/nick";
+    const MAX_TEXT: usize = 1024;
+    let mut p = element("presence", ns::CLIENT, &[("type", "subscribe")]);
+    for a in ["from", "to", "id"] {
+        if let Some(v) = el.attr(a) {
+            crate::stanza::set_attr(&mut p, a, v);
+        }
+    }
+    for (name, cns) in [("status", ns::CLIENT), ("nick", NICK)] {
+        if let Some(c) = el.get_child(name, cns) {
+            let mut text = c.text();
+            if text.len() > MAX_TEXT {
+                let mut cut = MAX_TEXT;
+                while !text.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                text.truncate(cut);
+            }
+            let mut e = Element::bare(name, cns);
+            e.append_text(text);
+            p.append_child(e);
+        }
+    }
+    p
+}
+
 /// Contacts of `user` with the given predicate on their item.
 pub async fn contacts(
     ctx: &Ctx,
@@ -392,5 +423,35 @@ pub async fn contacts(
             tracing::error!(error = %e, "roster storage failed");
             Vec::new()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pending_requests_keep_little() {
+        let big = "s".repeat(5000);
+        let el = crate::xml::parse(&format!(
+            "<presence xmlns='jabber:client' type='subscribe' from='a@x' to='b@x'>\
+             <status>{big}</status><nick xmlns='http://jabber.org/protocol/nick'>Al</nick>\
+             <x xmlns='urn:other'>{big}</x></presence>"
+        ))
+        .unwrap();
+        let p = pending_request(&el);
+        assert_eq!(p.attr("from"), Some("a@x"));
+        assert_eq!(p.attr("type"), Some("subscribe"));
+        assert_eq!(
+            p.get_child("status", ns::CLIENT).unwrap().text().len(),
+            1024
+        );
+        assert_eq!(
+            p.get_child("nick", "http://jabber.org/protocol/nick")
+                .unwrap()
+                .text(),
+            "Al"
+        );
+        assert!(p.get_child("x", "urn:other").is_none());
     }
 }

@@ -689,3 +689,155 @@ async fn guesses_at_one_account_are_bounded_across_addresses() {
         eprintln!("owner login from {src} took {:?}", t0.elapsed());
     }
 }
+
+/// Item 18: the offline limit was checked, then the message inserted:
+/// 16 parallel senders got 1,001 messages into a queue of 1,000. Quotas
+/// (messages and bytes) are checked in the write itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_quotas_hold_under_parallel_senders() {
+    let mut users: Vec<String> = (0..16).map(|i| format!("s{i}")).collect();
+    users.push("olga".into());
+    users.push("otto".into());
+    let refs: Vec<&str> = users.iter().map(String::as_str).collect();
+    let s = server_with(&refs, |c| {
+        c.limits.max_offline_messages = 10;
+        c.limits.max_offline_bytes = 20_000;
+    })
+    .await;
+    let mut senders = Vec::new();
+    for i in 0..16 {
+        senders.push(s.online(&format!("s{i}"), PW, "x").await);
+    }
+    // Messages: 16 senders x 2 small messages to olga (10 may be kept);
+    // bytes: 16 x 2 messages of 2 KB to otto (about 9 fit in 20,000).
+    let mut tasks = Vec::new();
+    for (i, mut c) in senders.into_iter().enumerate() {
+        tasks.push(tokio::spawn(async move {
+            for j in 0..2 {
+                c.send_raw(&format!(
+                    "<message to='olga@localhost' type='chat' id='o{i}-{j}'><body>hi</body></message>"
+                ))
+                .await;
+                c.send_raw(&big_message("otto@localhost", &format!("t{i}-{j}"), 2000))
+                    .await;
+            }
+            sync(&mut c).await;
+            let got = c.drain_within(Duration::from_millis(500)).await;
+            got.iter()
+                .filter(|e| e.attr("type") == Some("error"))
+                .map(|e| {
+                    assert_eq!(error_condition(e).as_deref(), Some("service-unavailable"));
+                    e.attr("id").unwrap_or_default().to_string()
+                })
+                .collect::<Vec<_>>()
+        }));
+    }
+    let mut bounced = Vec::new();
+    for t in tasks {
+        bounced.extend(t.await.unwrap());
+    }
+    let olga_bounced = bounced.iter().filter(|i| i.starts_with('o')).count();
+    let otto_bounced = bounced.iter().filter(|i| i.starts_with('t')).count();
+    let mut olga = s.online("olga", PW, "o").await;
+    let olga_got = ids_of(&olga.drain_within(Duration::from_secs(2)).await);
+    let mut otto = s.online("otto", PW, "o").await;
+    let otto_got = ids_of(&otto.drain_within(Duration::from_secs(2)).await);
+    assert_eq!(olga_got.len(), 10, "exactly the message quota is kept");
+    assert_eq!(olga_got.len() + olga_bounced, 32, "the rest is bounced");
+    assert!(
+        otto_got.len() * 2000 <= 20_000 && otto_got.len() >= 8,
+        "the byte quota: {} kept",
+        otto_got.len()
+    );
+    assert_eq!(otto_got.len() + otto_bounced, 32);
+}
+
+/// Item 18: private XML storage had no quota (800 sets of 200 KB grew the
+/// data directory by 412 MiB), and vCards none either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_storage_and_vcard_have_quotas() {
+    let s = server_with(&["alice"], |c| {
+        c.limits.max_private_bytes = 10_000;
+        c.limits.max_vcard_bytes = 3_000;
+    })
+    .await;
+    let mut a = s.online("alice", PW, "a").await;
+    let doc = |i: usize, n: usize| {
+        format!(
+            "<query xmlns='jabber:iq:private'><d{i} xmlns='urn:test:{i}'>{}</d{i}></query>",
+            "p".repeat(n)
+        )
+    };
+    let mut stored = 0;
+    let mut refused = None;
+    for i in 0..20 {
+        let r = a.iq("set", None, &doc(i, 2_000)).await;
+        match r.attr("type") {
+            Some("result") => stored += 1,
+            _ => {
+                refused = error_condition(&r);
+                break;
+            }
+        }
+    }
+    assert_eq!(stored, 4, "about 10,000 bytes of 2,000-byte documents");
+    assert_eq!(refused.as_deref(), Some("resource-constraint"));
+    // Replacing a document with a smaller one is fine, and frees room.
+    let r = a.iq("set", None, &doc(0, 10)).await;
+    assert_eq!(r.attr("type"), Some("result"));
+    let r = a.iq("set", None, &doc(7, 1_500)).await;
+    assert_eq!(r.attr("type"), Some("result"), "{}", String::from(&r));
+    // What was stored reads back.
+    let r = a
+        .iq(
+            "get",
+            None,
+            "<query xmlns='jabber:iq:private'><d7 xmlns='urn:test:7'/></query>",
+        )
+        .await;
+    let q = r.get_child("query", "jabber:iq:private").unwrap();
+    assert_eq!(q.get_child("d7", "urn:test:7").unwrap().text().len(), 1_500);
+    // A vCard over its limit is refused; one under it is kept.
+    let vcard = |n: usize| {
+        format!(
+            "<vCard xmlns='vcard-temp'><FN>{}</FN></vCard>",
+            "v".repeat(n)
+        )
+    };
+    let r = a.iq("set", None, &vcard(5_000)).await;
+    assert_eq!(error_condition(&r).as_deref(), Some("policy-violation"));
+    let r = a.iq("set", None, &vcard(1_000)).await;
+    assert_eq!(r.attr("type"), Some("result"));
+}
+
+/// Item 16: the resources of one account are bounded (here 3): the next
+/// bind is refused with resource-constraint, a takeover of a bound
+/// resource still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resources_per_account_are_limited() {
+    let s = server_with(&["alice"], |c| c.limits.max_resources_per_account = 3).await;
+    let mut held = Vec::new();
+    for r in ["r1", "r2", "r3"] {
+        held.push(s.login("alice", PW, r).await);
+    }
+    let mut c = Client::connect(s.addr(), s.cert_path()).await;
+    c.start_stream().await;
+    c.starttls().await;
+    c.start_stream().await;
+    c.auth_scram("alice", PW, Hash::Sha256, false)
+        .await
+        .unwrap();
+    c.start_stream().await;
+    let r = c
+        .iq(
+            "set",
+            None,
+            "<bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>r4</resource></bind>",
+        )
+        .await;
+    assert_eq!(error_condition(&r).as_deref(), Some("resource-constraint"));
+    // The same stream may bind a resource it takes over.
+    let jid = c.bind(Some("r2")).await;
+    assert_eq!(jid, "alice@localhost/r2");
+    assert_eq!(held[1].stream_error().await.as_deref(), Some("conflict"));
+}
