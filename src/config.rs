@@ -318,7 +318,7 @@ impl Config {
                 l.session_queue_bytes as u64,
                 // A queue must hold at least two of the largest stanzas.
                 (l.max_stanza_bytes as u64).saturating_mul(2),
-                u64::MAX,
+                u64::from(u32::MAX),
             ),
             (
                 "limits.max_resources_per_account",

@@ -158,8 +158,10 @@ struct Queue {
 /// idle session costs only this struct.
 struct Shared {
     queue: Mutex<Queue>,
-    capacity: usize,
-    capacity_bytes: usize,
+    /// Items and bytes the queue may hold (u32: this struct is kept by
+    /// every session).
+    capacity: u32,
+    capacity_bytes: u32,
     /// Something was queued, or the session was killed.
     ready: Notify,
     /// The queue overflowed: the session is not reading and must end.
@@ -224,7 +226,9 @@ impl Mailbox {
             if sh.closed.load(Ordering::Acquire) || sh.killed.load(Ordering::Acquire) {
                 return Err(item);
             }
-            if q.items.len() >= sh.capacity || q.bytes.saturating_add(cost) > sh.capacity_bytes {
+            if q.items.len() >= sh.capacity as usize
+                || q.bytes.saturating_add(cost) > sh.capacity_bytes as usize
+            {
                 drop(q);
                 if !sh.killed.swap(true, Ordering::AcqRel) {
                     tracing::warn!(session = self.id, "session queue full; disconnecting it");
@@ -391,8 +395,8 @@ pub fn mailbox(id: u64, capacity: usize, capacity_bytes: usize, now: u64) -> (Ma
             items: VecDeque::new(),
             bytes: 0,
         }),
-        capacity,
-        capacity_bytes,
+        capacity: u32::try_from(capacity).unwrap_or(u32::MAX),
+        capacity_bytes: u32::try_from(capacity_bytes).unwrap_or(u32::MAX),
         ready: Notify::new(),
         killed: AtomicBool::new(false),
         closed: AtomicBool::new(false),

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use xmpp_parsers::jid::BareJid;
 
@@ -99,27 +99,35 @@ pub fn account_jid(user: &str, domain: &str) -> Option<BareJid> {
     Some(BareJid::from_parts(Some(&node), &domain))
 }
 
-/// Failures decay: one forgiven per this interval.
-const DECAY: Duration = Duration::from_secs(30);
-/// Most entries kept per table before old ones are forgotten.
-const MAX_TRACKED: usize = 100_000;
-/// Addresses remembered per account (failed from, or logged in from).
-const MAX_ADDRESSES: usize = 4096;
+/// Failures decay: one forgiven per this interval (seconds).
+const DECAY: u32 = 30;
+/// Addresses tracked before those with nothing left to remember are
+/// forgotten.
+const MAX_IPS: usize = 100_000;
+/// Accounts tracked before those with nothing worth remembering are
+/// forgotten.
+const MAX_ACCOUNTS: usize = 1_000_000;
+/// Addresses remembered per account that failed against it.
+const MAX_FAILED_FROM: usize = 4096;
+/// Addresses an account logged in from, remembered (the most recent).
+const MAX_KNOWN: usize = 4;
 /// Spare evaluations of an account under attack, per `account_free`.
 const SPARE_FACTOR: u32 = 10;
 /// How long a successful login makes an address known for an account.
-const KNOWN_FOR: Duration = Duration::from_secs(30 * 86_400);
+const KNOWN_FOR: u32 = 30 * 86_400;
 
 /// Failures counted in whole units; one is forgiven per `DECAY` elapsed.
-#[derive(Clone, Copy)]
+/// Times are seconds on the throttle's own clock: entries stay small, as
+/// there is one for every account that logged in.
+#[derive(Clone, Copy, Default)]
 struct Bucket {
     failures: u32,
     /// When the last forgiveness step was taken (or the first failure).
-    since: Instant,
+    since: u32,
 }
 
 impl Bucket {
-    fn new(now: Instant) -> Self {
+    fn new(now: u32) -> Self {
         Bucket {
             failures: 0,
             since: now,
@@ -127,17 +135,16 @@ impl Bucket {
     }
 
     /// Forgiveness steps due at `now`.
-    fn steps(&self, now: Instant) -> u32 {
-        let n = now.duration_since(self.since).as_secs() / DECAY.as_secs();
-        u32::try_from(n).unwrap_or(u32::MAX)
+    fn steps(&self, now: u32) -> u32 {
+        now.saturating_sub(self.since) / DECAY
     }
 
-    fn current(&self, now: Instant) -> u32 {
+    fn current(&self, now: u32) -> u32 {
         self.failures.saturating_sub(self.steps(now))
     }
 
     /// Apply the forgiveness due, keeping the partial interval.
-    fn settle(&mut self, now: Instant) {
+    fn settle(&mut self, now: u32) {
         let steps = self.steps(now);
         if steps >= self.failures {
             self.failures = 0;
@@ -148,24 +155,26 @@ impl Bucket {
         }
     }
 
-    fn bump(&mut self, now: Instant) {
+    fn bump(&mut self, now: u32) {
         self.settle(now);
         self.failures = self.failures.saturating_add(1);
     }
 }
 
 /// The address a limit applies to: an IPv4 address, or an IPv6 /64 (one
-/// host's, or one customer's, usual allocation).
+/// host's, or one customer's, usual allocation). IPv4 addresses are kept as
+/// the /64 of their IPv4-mapped form, which no real IPv6 network uses.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
-struct Source(u128);
+struct Source(u64);
 
 impl From<IpAddr> for Source {
     fn from(ip: IpAddr) -> Self {
+        let v4 = |a: std::net::Ipv4Addr| Source(0xffff_0000_0000 | u64::from(u32::from(a)));
         match ip {
-            IpAddr::V4(v4) => Source(u128::from(u32::from(v4))),
+            IpAddr::V4(a) => v4(a),
             IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => Source(u128::from(u32::from(v4))),
-                None => Source((u128::from(v6) >> 64) | (1 << 127)),
+                Some(a) => v4(a),
+                None => Source((u128::from(v6) >> 64) as u64),
             },
         }
     }
@@ -177,22 +186,42 @@ struct IpState {
     in_flight: u32,
 }
 
+#[derive(Default)]
 struct AccountState {
     failures: Bucket,
-    in_flight: u32,
     /// Spare evaluations while the account is over its budget, for
     /// addresses that have not failed against it (refilled one per DECAY).
     spare: Bucket,
-    /// Addresses that failed against this account, and when.
-    failed_from: HashMap<Source, Instant>,
+    in_flight: u32,
     /// Addresses this account logged in from, and when.
-    known: HashMap<Source, Instant>,
+    known: Vec<(Source, u32)>,
+    /// Addresses that failed against this account, and when (only while
+    /// it has failures).
+    // Boxed: one pointer in every account's entry instead of a map.
+    #[allow(clippy::box_collection)]
+    failed_from: Option<Box<HashMap<Source, u32>>>,
+}
+
+impl AccountState {
+    fn forgettable(&self, now: u32) -> bool {
+        self.in_flight == 0
+            && self.failures.current(now) == 0
+            && self.spare.current(now) == 0
+            && self
+                .known
+                .iter()
+                .all(|(_, at)| now.saturating_sub(*at) > 7 * 86_400)
+    }
 }
 
 #[derive(Default)]
 struct Tables {
     ips: HashMap<Source, IpState>,
-    accounts: HashMap<String, AccountState>,
+    accounts: HashMap<Box<str>, AccountState>,
+    /// Sizes at which the tables are next swept (at least twice what a
+    /// sweep left, so sweeping stays cheap when little can be forgotten).
+    ips_sweep_at: usize,
+    accounts_sweep_at: usize,
 }
 
 /// Limits login attempts before they are evaluated.
@@ -212,6 +241,7 @@ struct Tables {
 pub struct AuthThrottle {
     ip_free: u32,
     account_free: u32,
+    epoch: Instant,
     tables: Mutex<Tables>,
 }
 
@@ -242,7 +272,7 @@ enum Slot {
 pub struct Attempt<'a> {
     throttle: &'a AuthThrottle,
     source: Source,
-    account: Option<String>,
+    account: Option<Box<str>>,
     slot: Slot,
     settled: bool,
 }
@@ -252,6 +282,7 @@ impl AuthThrottle {
         AuthThrottle {
             ip_free,
             account_free,
+            epoch: Instant::now(),
             tables: Mutex::new(Tables::default()),
         }
     }
@@ -260,14 +291,20 @@ impl AuthThrottle {
         self.tables.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Seconds on the throttle's clock.
+    fn now(&self) -> u32 {
+        u32::try_from(self.epoch.elapsed().as_secs()).unwrap_or(u32::MAX)
+    }
+
     /// A login attempt from `ip` is about to start.
     pub fn begin(&self, ip: IpAddr) -> Result<Attempt<'_>, Throttled> {
-        let now = Instant::now();
+        let now = self.now();
         let source = Source::from(ip);
         let mut t = self.tables();
-        if t.ips.len() > MAX_TRACKED {
+        if t.ips.len() > MAX_IPS.max(t.ips_sweep_at) {
             t.ips
                 .retain(|_, s| s.in_flight > 0 || s.failures.current(now) > 0);
+            t.ips_sweep_at = t.ips.len() * 2;
         }
         let s = t.ips.entry(source).or_insert(IpState {
             failures: Bucket::new(now),
@@ -292,32 +329,35 @@ impl Attempt<'_> {
     /// checked): may it be evaluated?
     pub fn account(&mut self, account: &str) -> Result<(), Throttled> {
         let th = self.throttle;
-        let now = Instant::now();
+        let now = th.now();
         let mut t = th.tables();
-        if t.accounts.len() > MAX_TRACKED {
-            t.accounts.retain(|_, a| {
-                a.in_flight > 0 || a.failures.current(now) > 0 || !a.known.is_empty()
-            });
+        if t.accounts.len() > MAX_ACCOUNTS.max(t.accounts_sweep_at) {
+            t.accounts.retain(|_, a| !a.forgettable(now));
+            t.accounts_sweep_at = t.accounts.len() * 2;
         }
         let a = t
             .accounts
-            .entry(account.to_string())
+            .entry(account.into())
             .or_insert_with(|| AccountState {
                 failures: Bucket::new(now),
-                in_flight: 0,
                 spare: Bucket::new(now),
-                failed_from: HashMap::new(),
-                known: HashMap::new(),
+                ..Default::default()
             });
-        a.known.retain(|_, at| now.duration_since(*at) < KNOWN_FOR);
-        a.failed_from
-            .retain(|_, at| now.duration_since(*at) < DECAY * th.account_free.max(1));
+        a.known
+            .retain(|(_, at)| now.saturating_sub(*at) < KNOWN_FOR);
+        if let Some(f) = &mut a.failed_from {
+            f.retain(|_, at| now.saturating_sub(*at) < DECAY * th.account_free.max(1));
+        }
+        let failed_here = a
+            .failed_from
+            .as_ref()
+            .is_some_and(|f| f.contains_key(&self.source));
         self.slot = if a.failures.current(now).saturating_add(a.in_flight) < th.account_free {
             a.in_flight += 1;
             Slot::Normal
-        } else if a.known.contains_key(&self.source) {
+        } else if a.known.iter().any(|(s, _)| *s == self.source) {
             Slot::Known
-        } else if !a.failed_from.contains_key(&self.source)
+        } else if !failed_here
             && a.spare.current(now) < th.account_free.saturating_mul(SPARE_FACTOR)
         {
             a.spare.bump(now);
@@ -325,7 +365,7 @@ impl Attempt<'_> {
         } else {
             return Err(Throttled::Account);
         };
-        self.account = Some(account.to_string());
+        self.account = Some(account.into());
         Ok(())
     }
 
@@ -344,7 +384,7 @@ impl Attempt<'_> {
             return;
         }
         self.settled = true;
-        let now = Instant::now();
+        let now = self.throttle.now();
         let mut t = self.throttle.tables();
         if let Some(s) = t.ips.get_mut(&self.source) {
             s.in_flight = s.in_flight.saturating_sub(1);
@@ -361,18 +401,23 @@ impl Attempt<'_> {
         }
         if ok {
             a.failures = Bucket::new(now);
+            a.failed_from = None;
             if self.slot == Slot::Spare {
                 a.spare.failures = a.spare.failures.saturating_sub(1);
             }
-            if a.known.len() < MAX_ADDRESSES {
-                a.known.insert(self.source, now);
+            a.known.retain(|(s, _)| *s != self.source);
+            if a.known.len() >= MAX_KNOWN {
+                a.known.remove(0);
             }
+            a.known.push((self.source, now));
+            a.known.shrink_to_fit();
         } else {
             a.failures.bump(now);
-            if a.failed_from.len() >= MAX_ADDRESSES {
-                a.failed_from.clear();
+            let f = a.failed_from.get_or_insert_with(Default::default);
+            if f.len() >= MAX_FAILED_FROM {
+                f.clear();
             }
-            a.failed_from.insert(self.source, now);
+            f.insert(self.source, now);
         }
     }
 

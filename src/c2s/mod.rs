@@ -26,14 +26,79 @@ pub struct ClientState {
     /// Whether the resource has sent available presence.
     pub available: bool,
     pub priority: i8,
-    /// Entities that got directed presence from this session; they get
-    /// unavailable presence when it ends (RFC 6121 §4.6.3).
-    pub directed: HashSet<String>,
     /// Whether the session has had its first available presence with a
     /// non-negative priority (when offline messages are delivered).
     pub offline_started: bool,
+    /// Entities that got directed presence from this session; they get
+    /// unavailable presence when it ends (RFC 6121 §4.6.3). Boxed, like the
+    /// work queue: most sessions never have any, and every idle session
+    /// keeps this struct.
+    #[allow(clippy::box_collection)]
+    directed: Option<Box<HashSet<String>>>,
     /// Work done at the pace the client reads (see [`Backlog`]).
-    pub work: VecDeque<Box<dyn Backlog>>,
+    #[allow(clippy::box_collection)]
+    work: Option<Box<VecDeque<Box<dyn Backlog>>>>,
+}
+
+impl ClientState {
+    pub fn new(full: FullJid, id: u64, lang: Option<String>) -> ClientState {
+        ClientState {
+            bare: full.to_bare(),
+            full,
+            id,
+            lang,
+            available: false,
+            priority: 0,
+            offline_started: false,
+            directed: None,
+            work: None,
+        }
+    }
+
+    /// Remember that `to` got directed presence (at most `max` entities).
+    pub fn add_directed(&mut self, to: String, max: usize) {
+        let d = self.directed.get_or_insert_with(Default::default);
+        if d.len() < max {
+            d.insert(to);
+        }
+    }
+
+    pub fn remove_directed(&mut self, to: &str) {
+        if let Some(d) = &mut self.directed {
+            d.remove(to);
+        }
+    }
+
+    pub fn has_directed(&self) -> bool {
+        self.directed.as_ref().is_some_and(|d| !d.is_empty())
+    }
+
+    /// The entities that got directed presence, forgotten here.
+    pub fn take_directed(&mut self) -> HashSet<String> {
+        self.directed.take().map(|d| *d).unwrap_or_default()
+    }
+
+    /// Queue backlog work (done after what is queued already).
+    pub fn push_work(&mut self, w: Box<dyn Backlog>) {
+        self.work.get_or_insert_with(Default::default).push_back(w);
+    }
+
+    pub fn has_work(&self) -> bool {
+        self.work.as_ref().is_some_and(|w| !w.is_empty())
+    }
+
+    /// Do one step of the first piece of work; a finished piece is dropped,
+    /// and an empty queue gives its memory back.
+    pub async fn step_work(&mut self, ctx: &Arc<Ctx>) {
+        let Some(mut w) = self.work.as_mut().and_then(|q| q.pop_front()) else {
+            return;
+        };
+        if Box::pin(w.step(ctx, self)).await {
+            self.work.get_or_insert_with(Default::default).push_front(w);
+        } else if !self.has_work() {
+            self.work = None;
+        }
+    }
 }
 
 /// Work a session does at the pace its client reads. What a login pushes

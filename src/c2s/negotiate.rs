@@ -673,17 +673,7 @@ impl Negotiation {
             // Boxed, like the connection: moved through the task's futures
             // as a pointer, not as a copy in each of their states.
             return Ok(Box::new(Bound {
-                state: ClientState {
-                    bare: bare.clone(),
-                    full,
-                    id: id_no,
-                    lang: self.lang.clone(),
-                    available: false,
-                    priority: 0,
-                    directed: Default::default(),
-                    offline_started: false,
-                    work: Default::default(),
-                },
+                state: ClientState::new(full, id_no, self.lang.clone()),
                 inbox,
             }));
         }

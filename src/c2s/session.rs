@@ -48,8 +48,7 @@ impl From<Fail> for End {
 
 pub async fn run(ctx: Arc<Ctx>, mut conn: Box<XmlConn>, mut bound: Box<Bound>) {
     let Bound { state, inbox } = &mut *bound;
-    let mut unwritten = Vec::new();
-    let end = session_loop(&ctx, &mut conn, state, inbox, &mut unwritten).await;
+    let (end, unwritten) = session_loop(&ctx, &mut conn, state, inbox).await;
     Box::pin(finish(&ctx, conn, bound, end, unwritten)).await;
 }
 
@@ -63,35 +62,22 @@ async fn session_loop(
     conn: &mut XmlConn,
     state: &mut ClientState,
     inbox: &mut Inbox,
-    unwritten: &mut Vec<Queued>,
-) -> End {
+) -> (End, Vec<Queued>) {
+    let end = |e: End| (e, Vec::new());
     if ctx.is_shutting_down() {
-        return End::Error(SC::SystemShutdown, "server shutting down".into());
+        return end(End::Error(
+            SC::SystemShutdown,
+            "server shutting down".into(),
+        ));
     }
     loop {
-        let can_step = !state.work.is_empty() && inbox.queued_bytes() < BACKLOG_LOW_WATER;
+        let can_step = state.has_work() && inbox.queued_bytes() < BACKLOG_LOW_WATER;
         tokio::select! {
             m = inbox.recv() => {
-                let Some(first) = m else { return End::Gone };
+                let Some(first) = m else { return end(End::Gone) };
                 // Boxed: the write's state exists only while writing.
-                match Box::pin(write_batch(conn, inbox, first)).await {
-                    Batch::Written { close, stored, control } => {
-                        if !stored.is_empty() {
-                            offline::delivered(ctx, &state.bare, &stored).await;
-                        }
-                        for c in control {
-                            match c {
-                                Control::DrainOffline => offline::start_drain(ctx, state),
-                            }
-                        }
-                        if let Some(end) = close {
-                            return end;
-                        }
-                    }
-                    Batch::Failed(items) => {
-                        unwritten.extend(items);
-                        return End::Gone;
-                    }
+                if let Some(done) = Box::pin(write_and_settle(ctx, conn, state, inbox, first)).await {
+                    return done;
                 }
             }
             f = conn.read_frame() => {
@@ -105,29 +91,25 @@ async fn session_loop(
                             // the first recipient is charged to this
                             // client's read budget.
                             let own = state.id;
-                            let fanout = crate::sessions::measure_fanout(
+                            let fanout = Box::pin(crate::sessions::measure_fanout(
                                 own,
-                                Box::pin(crate::router::from_client(ctx, state, el)),
-                            )
+                                crate::router::from_client(ctx, state, el),
+                            ))
                             .await;
                             conn.charge(fanout);
-                        } else if let Some(end) = nonza(&el) {
-                            return end;
+                        } else if let Some(e) = nonza(&el) {
+                            return end(e);
                         }
                     }
-                    Ok(Frame::Close) => return End::PeerClosed,
+                    Ok(Frame::Close) => return end(End::PeerClosed),
                     Ok(Frame::Header(_)) => {
-                        return End::Error(SC::NotWellFormed, "unexpected stream header".into());
+                        return end(End::Error(SC::NotWellFormed, "unexpected stream header".into()));
                     }
-                    Err(e) => return read_failure(e).into(),
+                    Err(e) => return end(read_failure(e).into()),
                 }
             }
             _ = std::future::ready(()), if can_step => {
-                if let Some(mut w) = state.work.pop_front() {
-                    if Box::pin(w.step(ctx, state)).await {
-                        state.work.push_front(w);
-                    }
-                }
+                Box::pin(state.step_work(ctx)).await;
             }
         }
     }
@@ -145,6 +127,36 @@ fn nonza(el: &minidom::Element) -> Option<End> {
         SC::UnsupportedStanzaType,
         format!("unsupported element {{{}}}{}", el.ns(), el.name()),
     ))
+}
+
+/// Write `first` and what follows it, then do what the written stanzas
+/// call for. Returns how the session must end, if it must, with what was
+/// not written.
+async fn write_and_settle(
+    ctx: &Arc<Ctx>,
+    conn: &mut XmlConn,
+    state: &mut ClientState,
+    inbox: &mut Inbox,
+    first: Outbound,
+) -> Option<(End, Vec<Queued>)> {
+    match write_batch(conn, inbox, first).await {
+        Batch::Written {
+            close,
+            stored,
+            control,
+        } => {
+            if !stored.is_empty() {
+                offline::delivered(ctx, &state.bare, &stored).await;
+            }
+            for c in control {
+                match c {
+                    Control::DrainOffline => offline::start_drain(ctx, state),
+                }
+            }
+            close.map(|e| (e, Vec::new()))
+        }
+        Batch::Failed(items) => Some((End::Gone, items)),
+    }
 }
 
 enum Batch {

@@ -183,14 +183,14 @@ pub async fn session_available(ctx: &Arc<Ctx>, st: &mut ClientState) {
         }
     }
     if ctx.offline_drains.claim(&st.bare, st.id) {
-        st.work.push_back(Box::new(DrainStep { after: None }));
+        st.push_work(Box::new(DrainStep { after: None }));
     }
 }
 
 /// The session was handed its user's drain (`Control::DrainOffline`).
 pub fn start_drain(ctx: &Ctx, st: &mut ClientState) {
     if ctx.offline_drains.owner(&st.bare) == Some(st.id) {
-        st.work.push_back(Box::new(DrainStep { after: None }));
+        st.push_work(Box::new(DrainStep { after: None }));
     }
 }
 

@@ -62,11 +62,9 @@ pub async fn outbound(ctx: &Arc<Ctx>, st: &mut ClientState, el: Element, to: Opt
                 // Bounded: a flood of directed presence must not grow the
                 // session without limit. Beyond the cap, the addressees
                 // just miss the final unavailable.
-                if st.directed.len() < MAX_DIRECTED {
-                    st.directed.insert(to.to_string());
-                }
+                st.add_directed(to.to_string(), MAX_DIRECTED);
             } else {
-                st.directed.remove(to.as_str());
+                st.remove_directed(to.as_str());
             }
             // The router ran the user's filters on it already.
             router::route(ctx, el).await;
@@ -99,7 +97,7 @@ async fn broadcast(ctx: &Arc<Ctx>, st: &mut ClientState, el: Element) {
     if !available && !st.available {
         // RFC 6121 §4.5.2: nothing to retract from contacts for a session
         // that never was available; only directed presence is withdrawn.
-        for to in std::mem::take(&mut st.directed) {
+        for to in st.take_directed() {
             router::send_as_user(ctx, with_to(&el, &to)).await;
         }
         return;
@@ -129,7 +127,7 @@ async fn broadcast(ctx: &Arc<Ctx>, st: &mut ClientState, el: Element) {
         }
     }
     if !available {
-        for to in std::mem::take(&mut st.directed) {
+        for to in st.take_directed() {
             let bare = Jid::new(&to)
                 .map(|j| j.to_bare().to_string())
                 .unwrap_or_default();
@@ -171,7 +169,7 @@ async fn initial_presence(ctx: &Arc<Ctx>, st: &mut ClientState) {
             pending.push(p);
         }
     }
-    st.work.push_back(Box::new(LoginPresence {
+    st.push_work(Box::new(LoginPresence {
         contacts,
         pending,
         own_sent: false,
@@ -355,7 +353,7 @@ pub async fn reply_unsubscribed(ctx: &Arc<Ctx>, user: &BareJid, el: &Element) {
 
 /// The session ended: if it was available, it goes unavailable.
 pub async fn session_ended(ctx: &Arc<Ctx>, st: &mut ClientState) {
-    if !st.available && st.directed.is_empty() {
+    if !st.available && !st.has_directed() {
         return;
     }
     let p = element(

@@ -137,7 +137,6 @@ pub struct XmlConn {
     pub io: Transport,
     pub peer: SocketAddr,
     reader: StreamReader,
-    limits: xml::Limits,
     frames: VecDeque<Frame>,
     /// An error found after frames that are still queued.
     pending_error: Option<ReadError>,
@@ -159,7 +158,6 @@ impl XmlConn {
             io: Transport::Plain(tcp),
             peer,
             reader: StreamReader::new(limits),
-            limits,
             frames: VecDeque::new(),
             pending_error: None,
             rate: RateLimit::new(bytes_per_sec, burst.max(bytes_per_sec)),
@@ -168,12 +166,12 @@ impl XmlConn {
 
     /// The limits in force (for the stream features' XEP-0478 limits).
     pub fn limits(&self) -> xml::Limits {
-        self.limits
+        self.reader.limits()
     }
 
-    /// Read with other limits from the next stream on (after SASL).
+    /// Read with other limits from the next element on (after SASL).
     pub fn set_limits(&mut self, limits: xml::Limits) {
-        self.limits = limits;
+        self.reader.set_limits(limits);
     }
 
     /// Charge `bytes` to the read budget, as if they had been read: what a
@@ -185,7 +183,7 @@ impl XmlConn {
 
     /// Start parsing a new stream (after STARTTLS or SASL success).
     pub fn reset_stream(&mut self) {
-        self.reader = StreamReader::new(self.limits);
+        self.reader = StreamReader::new(self.reader.limits());
         self.frames.clear();
         self.pending_error = None;
     }

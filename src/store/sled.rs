@@ -506,11 +506,20 @@ impl OfflineStore for SledStore {
 
     fn usage<'a>(&'a self, user: &'a BareJid) -> BoxFuture<'a, StoreResult<(usize, usize)>> {
         Box::pin(async move {
-            let prefix = user_prefix(user.as_str());
+            // Read only: asked at every login, it writes nothing for users
+            // who never had offline messages.
             let ukey = usage_key(user.as_str(), OFFLINE_CLASS);
-            self.ensure_usage(&self.offline, &prefix, &ukey)?;
-            let (c, b) = decode_usage(self.usage.get(&ukey).map_err(e)?.as_deref());
-            Ok((c as usize, b as usize))
+            if let Some(v) = self.usage.get(&ukey).map_err(e)? {
+                let (c, b) = decode_usage(Some(&v));
+                return Ok((c as usize, b as usize));
+            }
+            let (mut c, mut b) = (0, 0);
+            for kv in self.offline.scan_prefix(user_prefix(user.as_str())) {
+                let (_, v) = kv.map_err(e)?;
+                c += 1;
+                b += v.len();
+            }
+            Ok((c, b))
         })
     }
 }

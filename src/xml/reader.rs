@@ -236,8 +236,14 @@ pub struct StreamReader {
     parser: RawParser,
     limits: Limits,
     scopes: Vec<Scope>,
-    /// Prefix → its bindings, innermost last.
-    bindings: HashMap<NcName, Vec<Namespace<'static>>>,
+    /// Prefix → its bindings inside the stream's stanzas, innermost last
+    /// (allocated only while a stanza declares prefixes).
+    #[allow(clippy::box_collection)] // one pointer in every idle stream
+    bindings: Option<Box<HashMap<NcName, Vec<Namespace<'static>>>>>,
+    /// The prefixes the stream element declared (`stream:` and little
+    /// else), apart: they last as long as the stream, and an idle session
+    /// should not keep a hash table for them.
+    root_prefixes: Vec<(NcName, Namespace<'static>)>,
     head: Option<Head>,
     /// Open elements below the stream root; `stack[0]` is the stanza.
     stack: Vec<Element>,
@@ -260,7 +266,8 @@ impl StreamReader {
             parser,
             limits,
             scopes: Vec::new(),
-            bindings: HashMap::new(),
+            bindings: None,
+            root_prefixes: Vec::new(),
             head: None,
             stack: Vec::new(),
             pending_bytes: 0,
@@ -276,6 +283,10 @@ impl StreamReader {
         self.limits = limits;
     }
 
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
     /// True between top-level elements with no partial input buffered.
     pub fn is_at_boundary(&self) -> bool {
         self.stack.is_empty() && self.head.is_none() && self.pending_bytes == 0
@@ -286,6 +297,9 @@ impl StreamReader {
         self.parser.release_temporaries();
         self.scopes.shrink_to_fit();
         self.stack.shrink_to_fit();
+        if self.bindings.as_ref().is_some_and(|b| b.is_empty()) {
+            self.bindings = None;
+        }
     }
 
     /// Feed bytes from the peer; complete frames are appended to `out`.
@@ -299,7 +313,7 @@ impl StreamReader {
             self.failed = Some(e.clone());
             self.stack.clear();
             self.head = None;
-            self.bindings.clear();
+            self.bindings = None;
         }
         r
     }
@@ -354,8 +368,15 @@ impl StreamReader {
             Some("xml") => Ok(Namespace::xml().clone()),
             Some(p) => self
                 .bindings
-                .get(p)
+                .as_ref()
+                .and_then(|m| m.get(p))
                 .and_then(|b| b.last())
+                .or_else(|| {
+                    self.root_prefixes
+                        .iter()
+                        .find(|(name, _)| name.as_str() == p)
+                        .map(|(_, ns)| ns)
+                })
                 .cloned()
                 .ok_or(ReadError::BadNamespacePrefix),
         }
@@ -449,10 +470,19 @@ impl StreamReader {
                     Some(d) => d,
                     None => self.lookup(None)?,
                 };
-                let mut declared = Vec::with_capacity(head.prefixes.len());
-                for (p, n) in head.prefixes {
-                    self.bindings.entry(p.clone()).or_default().push(n);
-                    declared.push(p);
+                let mut declared = Vec::new();
+                if self.scopes.is_empty() {
+                    // The stream element: bounded by its attribute limit.
+                    self.root_prefixes = head.prefixes;
+                } else {
+                    declared.reserve_exact(head.prefixes.len());
+                    if !head.prefixes.is_empty() {
+                        let bindings = self.bindings.get_or_insert_with(Default::default);
+                        for (p, n) in head.prefixes {
+                            bindings.entry(p.clone()).or_default().push(n);
+                            declared.push(p);
+                        }
+                    }
                 }
                 self.scopes.push(Scope { default, declared });
                 let ns = self.lookup(head.prefix.as_ref().map(|p| p.as_str()))?;
@@ -480,11 +510,13 @@ impl StreamReader {
             }
             RawEvent::ElementFoot(_) => {
                 if let Some(scope) = self.scopes.pop() {
-                    for p in scope.declared {
-                        if let Some(b) = self.bindings.get_mut(p.as_str()) {
-                            b.pop();
-                            if b.is_empty() {
-                                self.bindings.remove(p.as_str());
+                    if let Some(bindings) = self.bindings.as_mut() {
+                        for p in scope.declared {
+                            if let Some(b) = bindings.get_mut(p.as_str()) {
+                                b.pop();
+                                if b.is_empty() {
+                                    bindings.remove(p.as_str());
+                                }
                             }
                         }
                     }

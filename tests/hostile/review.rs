@@ -191,7 +191,7 @@ async fn the_data_directory_is_private() {
         }
     };
     check(&data);
-    if let Some(mut c) = as_nobody(&format!("cat '{}'/db/db > /dev/null", data.display())) {
+    if let Some(mut c) = as_nobody(&format!("cat '{}'/db/db > /dev/null 2>&1", data.display())) {
         let st = c.status().unwrap();
         assert!(!st.success(), "nobody could read the database");
     }
