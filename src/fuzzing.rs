@@ -72,12 +72,31 @@ pub fn stream(data: &[u8]) {
         if let Frame::Element(el) = f {
             // +1: the stream element counts as the first level.
             assert!(depth(&el) < LIMITS.max_depth, "depth limit not enforced");
+            assert_no_reserved_namespace(&el);
             let text = crate::xml::writer::to_string(&el);
             match crate::xml::parse(&text) {
                 Ok(back) => assert_eq!(back, el, "write/read round trip changed {text}"),
                 Err(e) => panic!("what the writer wrote does not read back: {e}: {text}"),
             }
         }
+    }
+}
+
+/// Nothing read may be in the reserved namespaces (Namespaces in XML 1.0
+/// §3): a recipient's parser would refuse what the writer makes of it.
+fn assert_no_reserved_namespace(el: &Element) {
+    const XMLNS: &str = "http://www.w3.org/2000/xmlns/";
+    let mut stack = vec![el];
+    while let Some(e) = stack.pop() {
+        let ns = e.ns();
+        assert!(
+            ns != XMLNS && ns != crate::xml::ns::XML,
+            "an element in a reserved namespace: {ns}"
+        );
+        for ((ans, _), _) in e.attrs() {
+            assert!(ans.as_str() != XMLNS, "an attribute in the xmlns namespace");
+        }
+        stack.extend(e.children());
     }
 }
 
@@ -126,6 +145,8 @@ mod tests {
         "<a><b><c><d><e><f><g><h><i><j><k><l><m></m></l></k></j></i></h></g></f></e></d></c></b></a>",
         "</stream:stream>",
         "  \n <presence/> ",
+        "<message><x xmlns:p='http://www.w3.org/2000/xmlns/'/><y xmlns:xml='http://www.w3.org/XML/1998/namespace'/></message>",
+        "<message><x xmlns='urn:long:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa'><a/><a/><a/><a/><a/><a/><a/><a/></x></message>",
     ];
 
     /// How many inputs each property gets: CONFAB_FUZZ_CASES, default 2,000.
