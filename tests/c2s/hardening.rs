@@ -841,3 +841,85 @@ async fn resources_per_account_are_limited() {
     assert_eq!(jid, "alice@localhost/r2");
     assert_eq!(held[1].stream_error().await.as_deref(), Some("conflict"));
 }
+
+/// Item 14, as reported: a login with 1,030 online contacts, and one with
+/// 2,000 pending subscription requests, each pushed more at once than a
+/// session queue holds. Both complete, at the pace the client reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_with_thousands_of_contacts_and_requests_completes() {
+    use confab::store::{RosterItem, Subscription};
+    let s = server_with(&["erin", "fred"], |c| {
+        c.limits.max_resources_per_account = 0;
+        c.limits.max_connections_per_ip = 0;
+    })
+    .await;
+    let ctx = s.handle().ctx.clone();
+    let bare = |j: &str| -> xmpp_parsers::jid::BareJid { j.parse().unwrap() };
+    // 1,030 contacts with mutual subscriptions, written to the store
+    // directly, then online.
+    let n = 1030;
+    let mut online = Vec::new();
+    for i in 0..n {
+        let c = format!("c{i}");
+        s.add_user(&c, PW).await;
+        for (user, contact) in [
+            ("erin@localhost".to_string(), format!("{c}@localhost")),
+            (format!("{c}@localhost"), "erin@localhost".to_string()),
+        ] {
+            let mut item = RosterItem::new(&contact);
+            item.listed = true;
+            item.subscription = Subscription::Both;
+            ctx.stores
+                .rosters
+                .put_item(&bare(&user), item)
+                .await
+                .unwrap();
+        }
+    }
+    for i in 0..n {
+        online.push(s.online(&format!("c{i}"), PW, "r").await);
+    }
+    let mut e = s.login("erin", PW, "e").await;
+    e.send_raw("<presence/>").await;
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < n {
+        let Some(p) = e.element_within(Duration::from_secs(10)).await else {
+            panic!("the login ended after {} presences", seen.len());
+        };
+        if p.name() == "presence" && p.attr("type").is_none() {
+            if let Some(f) = p.attr("from") {
+                if f.starts_with('c') {
+                    seen.insert(f.to_string());
+                }
+            }
+        }
+    }
+    sync(&mut e).await;
+    // 2,000 pending requests from remote-looking JIDs, stored as the server
+    // would have stored them.
+    for i in 0..2000 {
+        let contact = format!("asker{i}@example.org");
+        let mut item = RosterItem::new(&contact);
+        item.pending_in = Some(format!(
+            "<presence xmlns='jabber:client' type='subscribe' from='{contact}' to='fred@localhost'/>"
+        ));
+        ctx.stores
+            .rosters
+            .put_item(&bare("fred@localhost"), item)
+            .await
+            .unwrap();
+    }
+    let mut f = s.login("fred", PW, "f").await;
+    f.send_raw("<presence/>").await;
+    let mut asks = 0;
+    while asks < 2000 {
+        let Some(p) = f.element_within(Duration::from_secs(10)).await else {
+            panic!("the login ended after {asks} requests");
+        };
+        if p.name() == "presence" && p.attr("type") == Some("subscribe") {
+            asks += 1;
+        }
+    }
+    sync(&mut f).await;
+    drop(online);
+}
