@@ -191,6 +191,9 @@ async fn the_data_directory_is_private() {
         }
     };
     check(&data);
+    // The temporary directory around it is open to all, so only the data
+    // directory's own modes keep other users out.
+    std::fs::set_permissions(s.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     if let Some(mut c) = as_nobody(&format!("cat '{}'/db/db > /dev/null 2>&1", data.display())) {
         let st = c.status().unwrap();
         assert!(!st.success(), "nobody could read the database");
