@@ -230,10 +230,9 @@ impl ServerHandle {
     /// store.
     pub async fn shutdown(mut self) {
         tracing::info!("shutting down");
-        for t in self.accept_tasks.drain(..) {
-            t.abort();
-        }
-        if let Some(t) = self.admin_task.take() {
+        let mut stopped: Vec<_> = self.accept_tasks.drain(..).collect();
+        stopped.extend(self.admin_task.take());
+        for t in &stopped {
             t.abort();
         }
         let _ = self.shutdown_tx.send(true);
@@ -265,6 +264,18 @@ impl ServerHandle {
             tracing::error!(error = %e, "final flush failed");
         }
         crate::admin::remove_socket(&self.ctx.config.data_dir);
+        // The aborted tasks have dropped their share of the context once
+        // they are joined; whatever else still holds it (an admin client's
+        // task, a session's last steps) gets a moment. Then the store is
+        // closed when this returns, and the data directory can be opened
+        // again at once (a restart in the same process).
+        for t in stopped {
+            let _ = t.await;
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while Arc::strong_count(&self.ctx) > 1 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         tracing::info!("stopped");
     }
 }

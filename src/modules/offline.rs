@@ -166,25 +166,35 @@ pub async fn hold(ctx: &Arc<Ctx>, user: &BareJid, el: Element) -> Option<Element
     None
 }
 
-/// A session's first available presence of non-negative priority: its
-/// user's offline messages are delivered to it, if no other session is
-/// delivering them.
-pub async fn session_available(ctx: &Arc<Ctx>, st: &mut ClientState) {
+/// A session's first available presence of non-negative priority, before
+/// it is recorded (so before the resource can receive messages to the bare
+/// JID): it takes its user's offline queue, unless another session is
+/// delivering it. From here on, messages to the bare JID join the stored
+/// queue until [`start_claimed_drain`] finds it empty or delivers it.
+pub fn claim_drain(ctx: &Ctx, st: &mut ClientState) -> bool {
     if st.offline_started {
-        return;
+        return false;
     }
     st.offline_started = true;
-    match ctx.stores.offline.usage(&st.bare).await {
-        Ok((0, _)) => return,
-        Ok(_) => {}
-        Err(e) => {
-            tracing::error!(error = %e, "offline storage failed");
-            return;
+    ctx.offline_drains.claim(&st.bare, st.id)
+}
+
+/// After the presence was recorded: nothing stored, the claim is given
+/// back at once (checked under the lock messages joining the queue take);
+/// otherwise the session delivers the queue after its login presence.
+pub async fn start_claimed_drain(ctx: &Arc<Ctx>, st: &mut ClientState) {
+    if let Some(lock) = ctx.offline_drains.lock_of(&st.bare) {
+        let _g = lock.lock().await;
+        match ctx.stores.offline.usage(&st.bare).await {
+            Ok((0, _)) => {
+                ctx.offline_drains.release(&st.bare, st.id);
+                return;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "offline storage failed"),
         }
     }
-    if ctx.offline_drains.claim(&st.bare, st.id) {
-        st.push_work(Box::new(DrainStep { after: None }));
-    }
+    st.push_work(Box::new(DrainStep { after: None }));
 }
 
 /// The session was handed its user's drain (`Control::DrainOffline`).

@@ -110,6 +110,9 @@ async fn broadcast(ctx: &Arc<Ctx>, st: &mut ClientState, el: Element) {
         remove_attr(&mut stored, "from");
         Arc::from(crate::xml::writer::to_string(&stored))
     });
+    // Offline messages are taken (so that nothing sent from now on
+    // overtakes them) before the resource can receive bare-JID messages.
+    let drain = available && priority >= 0 && super::offline::claim_drain(ctx, st);
     ctx.sessions.set_presence(&st.full, st.id, stored, priority);
     st.available = available;
     st.priority = priority;
@@ -140,8 +143,8 @@ async fn broadcast(ctx: &Arc<Ctx>, st: &mut ClientState, el: Element) {
     if initial {
         initial_presence(ctx, st).await;
     }
-    if available && priority >= 0 {
-        super::offline::session_available(ctx, st).await;
+    if drain {
+        super::offline::start_claimed_drain(ctx, st).await;
     }
 }
 

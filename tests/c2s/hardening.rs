@@ -410,7 +410,7 @@ async fn an_iq_to_a_stuck_resource_is_answered() {
     let stuck = Client::connect_small_rcvbuf(s.addr(), s.cert_path()).await;
     let mut stuck = s.login_on(stuck, "bob", PW, "stuck").await;
     stuck.send_raw("<presence/>").await;
-    for i in 0..60 {
+    for i in 0..100 {
         a.send_raw(&big_message(
             "bob@localhost/stuck",
             &format!("m{i}"),

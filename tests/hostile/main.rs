@@ -19,6 +19,10 @@ use base64::Engine;
 use common::*;
 use tokio::io::AsyncWriteExt;
 
+/// The probes run one at a time: each asserts a bystander's latency, which
+/// another probe's load on the same two cores would distort.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// The negotiation bound the server runs with here.
 const NEGOTIATION_SECS: u64 = 2;
 
@@ -280,6 +284,7 @@ async fn expect_error(c: &mut Client, cond: &str, what: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_corpus_with_a_bystander() {
+    let _serial = SERIAL.lock().await;
     init_logging();
     let mut s = ProcServer::start();
     for u in ["alice", "bob", "mallory"] {

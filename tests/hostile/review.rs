@@ -63,6 +63,7 @@ fn amplifier(ns: &str, n: usize) -> Vec<u8> {
 /// multiple of the stanza limit, whatever its shape.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reader_memory_stays_a_small_multiple_of_the_input() {
+    let _serial = SERIAL.lock().await;
     init_logging();
     let s = server("", &["alice", "bob", "mallory"]).await;
     let by = Bystander::start(&s).await;
@@ -116,6 +117,7 @@ async fn reader_memory_stays_a_small_multiple_of_the_input() {
 /// ever sees it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_namespaces_are_refused_and_reach_nobody() {
+    let _serial = SERIAL.lock().await;
     init_logging();
     let s = server("", &["alice", "bob", "mallory", "olga"]).await;
     let by = Bystander::start(&s).await;
@@ -169,6 +171,7 @@ fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
 /// directory left too open is fixed at start with a warning.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_data_directory_is_private() {
+    let _serial = SERIAL.lock().await;
     init_logging();
     // A fresh start under the usual umask.
     let mut s = ProcServer::start_opts("", "", None, Some("022"));
@@ -220,6 +223,7 @@ async fn the_data_directory_is_private() {
 /// whatever umask the server was started with.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_socket_is_never_reachable_by_others() {
+    let _serial = SERIAL.lock().await;
     init_logging();
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("data/confab.sock");
@@ -282,6 +286,7 @@ async fn the_admin_socket_is_never_reachable_by_others() {
 /// and no login rebuilds more than one at a time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stored_stanzas_cost_their_size_not_their_tree() {
+    let _serial = SERIAL.lock().await;
     init_logging();
     let s = server("", &["alice", "bob", "mallory", "olga"]).await;
     let by = Bystander::start(&s).await;
@@ -350,6 +355,7 @@ async fn stored_stanzas_cost_their_size_not_their_tree() {
 /// until the idle timeout).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unfinished_stanza_after_bind_is_bounded() {
+    let _serial = SERIAL.lock().await;
     init_logging();
     let s = server("", &["alice", "bob", "mallory"]).await;
     let by = Bystander::start(&s).await;
@@ -380,6 +386,7 @@ async fn an_unfinished_stanza_after_bind_is_bounded() {
 /// bounced, never silently dropped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_reader_costs_a_bounded_queue() {
+    let _serial = SERIAL.lock().await;
     init_logging();
     let s = ProcServer::start_with("c2s_bytes_per_sec = 67108864", "");
     let mut users: Vec<String> = vec!["alice".into(), "bob".into(), "slow".into()];
@@ -451,6 +458,7 @@ async fn a_slow_reader_costs_a_bounded_queue() {
 /// the bare JID fanned out to all of them is charged to the sender.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resources_per_account_are_bounded() {
+    let _serial = SERIAL.lock().await;
     init_logging();
     let s = server(
         "c2s_bytes_per_sec = 1048576",
@@ -526,6 +534,7 @@ async fn resources_per_account_are_bounded() {
 /// every contact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_presence_is_not_broadcast() {
+    let _serial = SERIAL.lock().await;
     init_logging();
     let s = server("", &["alice", "bob", "carol"]).await;
     let mut a = s.login("alice", "a").await;
@@ -559,6 +568,7 @@ async fn an_oversized_presence_is_not_broadcast() {
 /// CPU per 256 KiB stanza; four such connections stalled everyone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prefix_lookup_is_cheap() {
+    let _serial = SERIAL.lock().await;
     init_logging();
     let s = server("", &["alice", "bob", "mallory"]).await;
     // Addressed to the server, which drops presence for itself: what
@@ -621,6 +631,7 @@ async fn prefix_lookup_is_cheap() {
 /// else for seconds while it was read and parsed on the runtime's workers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_offline_backlog_does_not_stall_others() {
+    let _serial = SERIAL.lock().await;
     init_logging();
     let s = server(
         "c2s_bytes_per_sec = 67108864\nmax_offline_bytes = 268435456",
