@@ -183,16 +183,18 @@ async def scenario(args, steps):
         await c.disconnected
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def cli(doc, scenario, extra_args=None):
+    """Parse the common arguments, run `scenario(args, steps)`, print the
+    steps as JSON and exit 0 when it completed, 1 otherwise."""
+    p = argparse.ArgumentParser(description=doc.split("\n")[0])
     p.add_argument("--server", required=True, help="address of Confab's c2s port")
     p.add_argument("--port", type=int, default=5222)
     p.add_argument("--domain", required=True)
     p.add_argument("--cafile", required=True, help="certificate Confab presents")
-    p.add_argument("--user1", default="alice")
-    p.add_argument("--user2", default="bob")
-    p.add_argument("--password", required=True)
+    p.add_argument("--password", required=True, help="the users' password")
     p.add_argument("--debug", action="store_true")
+    if extra_args:
+        extra_args(p)
     args = p.parse_args()
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.CRITICAL,
                         format="%(levelname)-8s %(message)s", stream=sys.stderr)
@@ -206,6 +208,13 @@ def main():
         result["error"] = "%s: %s" % (type(e).__name__, e)
     print(json.dumps(result, indent=1))
     sys.exit(0 if result["ok"] else 1)
+
+
+def main():
+    def users(p):
+        p.add_argument("--user1", default="alice")
+        p.add_argument("--user2", default="bob")
+    cli(__doc__, scenario, users)
 
 
 if __name__ == "__main__":

@@ -15,16 +15,12 @@ the next login. Steps, each with a timeout:
 Prints one JSON object and exits 0 when every step passed, 1 otherwise.
 Run it with /usr/bin/python3 (Debian's python3-slixmpp).
 """
-import argparse
 import asyncio
 import base64
-import json
-import logging
 import re
 import ssl
-import sys
 
-from c2s_scenario import STEP_TIMEOUT, login, message_from
+from c2s_scenario import STEP_TIMEOUT, cli, login, message_from
 
 POISONS = [
     "<x xmlns:p='http://www.w3.org/2000/xmlns/'/>",
@@ -128,26 +124,7 @@ async def scenario(args, steps):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--server", required=True)
-    p.add_argument("--port", type=int, default=5222)
-    p.add_argument("--domain", required=True)
-    p.add_argument("--cafile", required=True)
-    p.add_argument("--password", required=True, help="the password of every user")
-    p.add_argument("--debug", action="store_true")
-    args = p.parse_args()
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.CRITICAL,
-                        format="%(levelname)-8s %(message)s", stream=sys.stderr)
-    steps = []
-    result = {"steps": steps}
-    try:
-        asyncio.run(scenario(args, steps))
-        result["ok"] = True
-    except Exception as e:  # report where it stopped
-        result["ok"] = False
-        result["error"] = "%s: %s" % (type(e).__name__, e)
-    print(json.dumps(result, indent=1))
-    sys.exit(0 if result["ok"] else 1)
+    cli(__doc__, scenario)
 
 
 if __name__ == "__main__":
