@@ -116,13 +116,17 @@ fn unfiltered(ctx: &Ctx, a: &Jid, b: &Jid) -> bool {
     server(a) || server(b) || a.to_bare() == b.to_bare()
 }
 
-async fn outbound_filters(ctx: &Arc<Ctx>, from: &Jid, to: &Jid, el: &Element) -> Verdict {
+/// The filters of `point` for a stanza from `from` to `to`: the one place
+/// that decides which stanzas pass through them at all.
+async fn filters(ctx: &Ctx, point: Point, from: &Jid, to: &Jid, el: &Element) -> Verdict {
     if unfiltered(ctx, from, to) {
         return Verdict::Pass;
     }
-    ctx.registry
-        .run_filters(ctx, Point::Outbound, from, to, el)
-        .await
+    ctx.registry.run_filters(ctx, point, from, to, el).await
+}
+
+async fn outbound_filters(ctx: &Ctx, from: &Jid, to: &Jid, el: &Element) -> Verdict {
+    filters(ctx, Point::Outbound, from, to, el).await
 }
 
 /// Send a stanza generated on behalf of a local user (broadcast presence,
@@ -213,13 +217,7 @@ async fn to_local_user(ctx: &Arc<Ctx>, mut el: Element, kind: Kind, to: Jid) {
         Ok(Some(f)) => f,
         _ => Jid::from(ctx.domain_jid.clone()),
     };
-    let verdict = if unfiltered(ctx, &from, &to) {
-        Verdict::Pass
-    } else {
-        ctx.registry
-            .run_filters(ctx, Point::Deliver, &from, &to, &el)
-            .await
-    };
+    let verdict = filters(ctx, Point::Deliver, &from, &to, &el).await;
     match verdict {
         Verdict::Pass => {}
         Verdict::Drop => return,

@@ -205,11 +205,6 @@ impl Mailbox {
     /// reading: it is told to close, and the stanza is handed back.
     pub fn deliver(&self, el: Element) -> Result<(), Undelivered> {
         let fate = Fate::of(&el);
-        self.deliver_as(el, fate)
-    }
-
-    /// Queue a stanza with the given fate.
-    pub fn deliver_as(&self, el: Element, fate: Fate) -> Result<(), Undelivered> {
         match self.deliver_bytes(serialize(&el), fate) {
             Ok(()) => Ok(()),
             Err(_) => Err(Undelivered(Box::new(el))),

@@ -54,10 +54,21 @@ fn storable(el: &Element) -> bool {
 
 /// The drains in progress: which session delivers each user's queue.
 /// The lock orders "a message joins the stored queue" against "the drain
-/// found the queue empty and ends", so no message is left behind.
-#[derive(Default)]
+/// found the queue empty and ends", so no message is left behind. Consulted
+/// for every message to a bare JID, so sharded like the session registry:
+/// no lock shared by all users on that path.
 pub struct Drains {
-    map: Mutex<HashMap<BareJid, Drain>>,
+    shards: Vec<Mutex<HashMap<BareJid, Drain>>>,
+}
+
+const SHARDS: usize = 64;
+
+impl Default for Drains {
+    fn default() -> Self {
+        Drains {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+        }
+    }
 }
 
 struct Drain {
@@ -66,19 +77,26 @@ struct Drain {
 }
 
 impl Drains {
+    fn shard(&self, user: &BareJid) -> std::sync::MutexGuard<'_, HashMap<BareJid, Drain>> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        user.hash(&mut h);
+        self.shards[(h.finish() as usize) % SHARDS]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
     fn lock_of(&self, user: &BareJid) -> Option<Arc<tokio::sync::Mutex<()>>> {
-        let m = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        m.get(user).map(|d| d.lock.clone())
+        self.shard(user).get(user).map(|d| d.lock.clone())
     }
 
     fn owner(&self, user: &BareJid) -> Option<u64> {
-        let m = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        m.get(user).map(|d| d.session)
+        self.shard(user).get(user).map(|d| d.session)
     }
 
     /// Give `user`'s drain to `session`, unless one runs already.
     fn claim(&self, user: &BareJid, session: u64) -> bool {
-        let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let mut m = self.shard(user);
         if m.contains_key(user) {
             return false;
         }
@@ -95,7 +113,7 @@ impl Drains {
     /// End `session`'s drain of `user`'s queue. With the drain's lock held,
     /// no message that joined the queue is left behind.
     fn release(&self, user: &BareJid, session: u64) {
-        let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let mut m = self.shard(user);
         if m.get(user).is_some_and(|d| d.session == session) {
             m.remove(user);
         }

@@ -103,6 +103,17 @@ fn userdata_class(class: &str) -> String {
     format!("ud:{class}")
 }
 
+/// Count and bytes of the entries under `prefix`, by reading them.
+fn scan_usage(tree: &sled::Tree, prefix: &[u8]) -> StoreResult<(u64, u64)> {
+    let (mut count, mut bytes) = (0u64, 0u64);
+    for kv in tree.scan_prefix(prefix) {
+        let (_, v) = kv.map_err(e)?;
+        count += 1;
+        bytes += v.len() as u64;
+    }
+    Ok((count, bytes))
+}
+
 /// Why a quota transaction did not apply.
 #[derive(Debug)]
 enum Refused {
@@ -183,12 +194,7 @@ impl SledStore {
         if self.usage.contains_key(ukey).map_err(e)? {
             return Ok(());
         }
-        let (mut count, mut bytes) = (0u64, 0u64);
-        for kv in tree.scan_prefix(prefix) {
-            let (_, v) = kv.map_err(e)?;
-            count += 1;
-            bytes += v.len() as u64;
-        }
+        let (count, bytes) = scan_usage(tree, prefix)?;
         // Another writer may have done the same meanwhile: either count
         // is right, as nothing of this class is written before it exists.
         let _ = self
@@ -513,13 +519,8 @@ impl OfflineStore for SledStore {
                 let (c, b) = decode_usage(Some(&v));
                 return Ok((c as usize, b as usize));
             }
-            let (mut c, mut b) = (0, 0);
-            for kv in self.offline.scan_prefix(user_prefix(user.as_str())) {
-                let (_, v) = kv.map_err(e)?;
-                c += 1;
-                b += v.len();
-            }
-            Ok((c, b))
+            let (c, b) = scan_usage(&self.offline, &user_prefix(user.as_str()))?;
+            Ok((c as usize, b as usize))
         })
     }
 }
