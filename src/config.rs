@@ -22,7 +22,50 @@ pub struct Config {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<Tls>,
     pub limits: Limits,
+    /// Stream management (XEP-0198).
+    pub sm: Sm,
+    /// The message archive (XEP-0313).
+    pub mam: Mam,
     pub log: Log,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Sm {
+    /// Seconds a stream-managed session whose connection dropped waits for
+    /// its client to resume it; then its unacknowledged messages go to
+    /// offline storage.
+    pub resume_timeout_s: u64,
+    /// Stanzas sent and not yet acknowledged by a client before it is
+    /// disconnected (its queue goes to offline storage).
+    pub max_unacked: usize,
+}
+
+impl Default for Sm {
+    fn default() -> Self {
+        Sm {
+            resume_timeout_s: 300,
+            max_unacked: 500,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Mam {
+    /// Archive one-to-one messages for both parties.
+    pub enabled: bool,
+    /// Most messages in one page of a query.
+    pub max_page: usize,
+}
+
+impl Default for Mam {
+    fn default() -> Self {
+        Mam {
+            enabled: true,
+            max_page: 250,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -98,6 +141,8 @@ impl Default for Config {
             listen: Listen::default(),
             tls: None,
             limits: Limits::default(),
+            sm: Sm::default(),
+            mam: Mam::default(),
             log: Log::default(),
         }
     }
@@ -268,7 +313,7 @@ impl Config {
             }
         }
         let l = &self.limits;
-        let ranges: [(&str, u64, u64, u64); 16] = [
+        let ranges: [(&str, u64, u64, u64); 19] = [
             (
                 "limits.max_stanza_bytes",
                 l.max_stanza_bytes as u64,
@@ -350,6 +395,9 @@ impl Config {
                 0,
                 u64::MAX,
             ),
+            ("sm.resume_timeout_s", self.sm.resume_timeout_s, 0, 86_400),
+            ("sm.max_unacked", self.sm.max_unacked as u64, 5, 100_000),
+            ("mam.max_page", self.mam.max_page as u64, 1, 10_000),
             (
                 "limits.max_connections_per_ip",
                 l.max_connections_per_ip as u64,

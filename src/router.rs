@@ -3,10 +3,13 @@
 //! pipeline order is all here:
 //!
 //! from a client: stamp `from` → check the IQ type → `Outbound` filters
-//! (every stanza with a `to`, subscription requests included) → presence
-//! to `modules::presence`, the rest to route.
+//! (every stanza with a `to`, subscription requests included) →
+//! `FromClient` processors (forged stanza-ids removed) → presence to
+//! `modules::presence`, the rest to route (a message with its `<sent/>`
+//! carbon copies).
 //! route: remote domain | the server (IQ handlers) | a local user →
-//! `Deliver` filters → full JID: that session | bare JID: message rules
+//! `Deliver` filters → `BeforeLocalDelivery` processors (the archive: a
+//! message is archived once, and gets its stanza-id) → full JID: that session | bare JID: message rules
 //! (offline drain in progress: the stored queue), presence rules, IQ on
 //! the account's behalf.
 //!
@@ -24,7 +27,7 @@ use xmpp_parsers::stanza_error::DefinedCondition as Cond;
 
 use crate::c2s::ClientState;
 use crate::modules::carbons;
-use crate::modules::{presence, IqRequest, IqType, Point, Target, Verdict};
+use crate::modules::{presence, IqRequest, IqType, Point, Stage, Target, Verdict};
 use crate::server::Ctx;
 use crate::sessions::{CopyGroup, Fate};
 use crate::stanza::{self, jid_attr, set_attr, stanza_type, Kind};
@@ -93,6 +96,11 @@ pub async fn from_client(ctx: &Arc<Ctx>, st: &mut ClientState, mut el: Element) 
             }
         }
     }
+    if let Some(to) = &to {
+        ctx.registry
+            .run_processors(ctx, Stage::FromClient, &from, to, &mut el)
+            .await;
+    }
     match (kind, to) {
         (Kind::Presence, to) => presence::outbound(ctx, st, el, to).await,
         (Kind::Iq, None) => {
@@ -100,13 +108,30 @@ pub async fn from_client(ctx: &Arc<Ctx>, st: &mut ClientState, mut el: Element) 
             // and the reply carries no 'from' (RFC 6120 §10.3.3).
             handle_iq(ctx, el, Target::Account(st.bare.clone()), None).await;
         }
-        (_, _) => {
-            if kind == Kind::Message {
-                carbons::sent(ctx, &st.full, &el);
-            }
-            route(ctx, el).await
+        (Kind::Message, _) => {
+            let copies = carbons::Sent::prepare(ctx, &st.full, &el);
+            let id = SENDER_STANZA_ID
+                .scope(std::cell::RefCell::new(None), async move {
+                    route(ctx, el).await;
+                    SENDER_STANZA_ID.with(|c| c.borrow_mut().take())
+                })
+                .await;
+            copies.send(id);
         }
+        (_, _) => route(ctx, el).await,
     }
+}
+
+tokio::task_local! {
+    /// The stanza-id the sender's own archive gave the message being
+    /// routed (for the sender's carbon copies).
+    static SENDER_STANZA_ID: std::cell::RefCell<Option<Element>>;
+}
+
+/// Record the stanza-id the sender's archive gave the message being routed
+/// from a client (nothing happens outside such routing).
+pub fn note_sender_stanza_id(id: Element) {
+    let _ = SENDER_STANZA_ID.try_with(|c| *c.borrow_mut() = Some(id));
 }
 
 /// Whether a stanza between `a` and `b` is between a user and the server
@@ -228,6 +253,9 @@ async fn to_local_user(ctx: &Arc<Ctx>, mut el: Element, kind: Kind, to: Jid) {
             return;
         }
     }
+    ctx.registry
+        .run_processors(ctx, Stage::BeforeLocalDelivery, &from, &to, &mut el)
+        .await;
     if let Ok(full) = to.clone().try_into_full() {
         if let Some(r) = ctx.sessions.get(&full) {
             let copies = carbons::Received::prepare(ctx, &bare, &mut el, |f| *f == full);

@@ -200,3 +200,17 @@ mod tests {
         assert!(error_reply(&r, simple_error(DefinedCondition::BadRequest, None)).is_none());
     }
 }
+
+/// Keep only the child elements of `el` for which `keep` is true (text
+/// and the order of what stays are kept).
+pub fn retain_children(el: &mut Element, keep: impl Fn(&Element) -> bool) {
+    if el.children().all(&keep) {
+        return;
+    }
+    for node in el.take_nodes() {
+        match &node {
+            minidom::Node::Element(c) if !keep(c) => {}
+            _ => el.append_node(node),
+        }
+    }
+}

@@ -1,7 +1,7 @@
 //! Message Carbons (XEP-0280): every carbons-enabled resource of a user
 //! sees both sides of the user's conversations, whichever device took part.
 //!
-//! The router calls [`sent`] for each message a client sends and
+//! The router takes [`Sent`] copies of each message a client sends and
 //! [`Received`] around each delivery to a local user; which messages are
 //! copied is decided in one place, [`eligible`].
 
@@ -128,18 +128,49 @@ fn copy_to(dir: Direction, user: &BareJid, targets: Vec<Resource>, original: Ele
     }
 }
 
-/// A message `from` a local session, about to be routed: `<sent/>` copies
-/// for the sender's other carbons-enabled resources.
-pub fn sent(ctx: &Ctx, from: &FullJid, el: &Element) {
-    if !eligible(el, Direction::Sent) {
-        return;
+/// The `<sent/>` copies of a message `from` a local session, for the
+/// sender's other carbons-enabled resources: taken before it is routed,
+/// sent after (with the sender's stanza-id, when it was archived).
+pub struct Sent {
+    from: FullJid,
+    targets: Vec<Resource>,
+    original: Option<Element>,
+}
+
+impl Sent {
+    pub fn prepare(ctx: &Ctx, from: &FullJid, el: &Element) -> Sent {
+        let mut s = Sent {
+            from: from.clone(),
+            targets: Vec::new(),
+            original: None,
+        };
+        if !eligible(el, Direction::Sent) {
+            return s;
+        }
+        let user = from.to_bare();
+        s.targets = ctx
+            .sessions
+            .resources_where(&user, |r| r.wants(Interest::Carbons) && r.full != *from);
+        if !s.targets.is_empty() {
+            s.original = Some(el.clone());
+        }
+        s
     }
-    let user = from.to_bare();
-    let targets = ctx
-        .sessions
-        .resources_where(&user, |r| r.wants(Interest::Carbons) && r.full != *from);
-    if !targets.is_empty() {
-        copy_to(Direction::Sent, &user, targets, el.clone());
+
+    /// The message was routed; `stanza_id` is the one the sender's archive
+    /// gave it.
+    pub fn send(self, stanza_id: Option<Element>) {
+        if let Some(mut original) = self.original {
+            if let Some(id) = stanza_id {
+                original.append_child(id);
+            }
+            copy_to(
+                Direction::Sent,
+                &self.from.to_bare(),
+                self.targets,
+                original,
+            );
+        }
     }
 }
 

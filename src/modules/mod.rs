@@ -18,6 +18,7 @@ use crate::store::BoxFuture;
 pub mod blocking;
 pub mod carbons;
 pub mod disco;
+pub mod mam;
 pub mod offline;
 pub mod ping;
 pub mod presence;
@@ -97,6 +98,29 @@ pub enum Point {
     Deliver,
 }
 
+/// Stages where processors may change a stanza on its way (filters only
+/// look; processors change, and run after the filters of their point).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Stage {
+    /// A stanza from a local client, stamped, after the `Outbound`
+    /// filters, before routing.
+    FromClient,
+    /// A stanza about to be delivered to a local user (after the `Deliver`
+    /// filters): where messages are archived and get their stanza-id.
+    BeforeLocalDelivery,
+}
+
+pub trait Processor: Send + Sync {
+    /// `from` and `to` are the stanza's addresses.
+    fn process<'a>(
+        &'a self,
+        ctx: &'a Arc<Ctx>,
+        from: &'a Jid,
+        to: &'a Jid,
+        el: &'a mut Element,
+    ) -> BoxFuture<'a, ()>;
+}
+
 pub trait Filter: Send + Sync {
     /// `from` and `to` are the stanza's addresses.
     fn check<'a>(
@@ -135,6 +159,7 @@ pub struct Registry {
     server_features: Vec<&'static str>,
     account_features: Vec<&'static str>,
     filters: HashMap<Point, Vec<Arc<dyn Filter>>>,
+    processors: HashMap<Stage, Vec<Arc<dyn Processor>>>,
     listeners: Vec<Arc<dyn Listener>>,
 }
 
@@ -166,6 +191,26 @@ impl Registry {
 
     pub fn filter(&mut self, point: Point, f: Arc<dyn Filter>) {
         self.filters.entry(point).or_default().push(f);
+    }
+
+    pub fn processor(&mut self, stage: Stage, p: Arc<dyn Processor>) {
+        self.processors.entry(stage).or_default().push(p);
+    }
+
+    /// Run the processors of a stage, in registration order.
+    pub async fn run_processors(
+        &self,
+        ctx: &Arc<Ctx>,
+        stage: Stage,
+        from: &Jid,
+        to: &Jid,
+        el: &mut Element,
+    ) {
+        if let Some(list) = self.processors.get(&stage) {
+            for p in list {
+                p.process(ctx, from, to, el).await;
+            }
+        }
     }
 
     pub fn listener(&mut self, l: Arc<dyn Listener>) {
@@ -252,6 +297,7 @@ pub fn registry() -> Registry {
     private::register(&mut r);
     blocking::register(&mut r);
     carbons::register(&mut r);
+    mam::register(&mut r);
     offline::register(&mut r);
     presence::register(&mut r);
     r

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use xmpp_parsers::jid::BareJid;
 
 pub mod sled;
+mod sled_archive;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -306,6 +307,91 @@ pub trait UserDataStore: Send + Sync {
     ) -> BoxFuture<'a, StoreResult<bool>>;
 }
 
+/// One message written to the archive: one entry in the log of its
+/// conversation, in the view of each user listed in `owners`.
+#[derive(Debug, Clone)]
+pub struct ArchiveWrite {
+    /// Time-ordered and unique ([`ArchiveStore::next_id`]); the MAM id and
+    /// the XEP-0359 stanza-id.
+    pub id: u64,
+    /// The conversation: the two parties of a one-to-one chat (in either
+    /// order; a note to oneself has the same JID twice).
+    pub pair: (BareJid, BareJid),
+    /// Whose archive holds it (each one of the pair).
+    pub owners: Vec<BareJid>,
+    /// Addresses as routed (full JIDs where they were).
+    pub from: String,
+    pub to: String,
+    /// The message as archived, serialized.
+    pub xml: String,
+}
+
+/// One archived message, as read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Archived {
+    pub id: u64,
+    pub from: String,
+    pub to: String,
+    pub xml: String,
+}
+
+/// A query of one user's archive (XEP-0313 with XEP-0059 paging). Time
+/// bounds are in ids: an id is the archiving time in microseconds.
+#[derive(Debug, Clone, Default)]
+pub struct ArchiveQuery {
+    pub user: Option<BareJid>,
+    /// Only the conversation with this bare JID…
+    pub with: Option<BareJid>,
+    /// …and, if set, only messages from or to this full JID in it.
+    pub with_full: Option<String>,
+    /// Inclusive bounds of the whole result set.
+    pub start: Option<u64>,
+    pub end: Option<u64>,
+    /// Exclusive bounds of the page (RSM `after` / `before`, `after-id` /
+    /// `before-id`).
+    pub after: Option<u64>,
+    pub before: Option<u64>,
+    /// The page is taken from the end of the range (RSM `<before/>`).
+    pub from_end: bool,
+    /// Only these ids (XEP-0313 `ids`).
+    pub ids: Option<Vec<u64>>,
+    /// Skip this many results first (RSM `index`, forward only).
+    pub index: Option<usize>,
+    pub max: usize,
+}
+
+/// A page of results, oldest first.
+#[derive(Debug, Clone, Default)]
+pub struct ArchivePage {
+    pub items: Vec<Archived>,
+    /// The page reaches the end of the result set in its direction.
+    pub complete: bool,
+    /// Messages in the whole result set.
+    pub count: usize,
+    /// Position of the page's first item in the result set.
+    pub first_index: usize,
+}
+
+/// The message archive: one log per conversation, a per-user view over
+/// it, and a per-user time index (ARCHITECTURE.md "Storage").
+pub trait ArchiveStore: Send + Sync {
+    /// A new id: later than every id handed out before, by this process or
+    /// an earlier one; close to the current time in microseconds.
+    fn next_id(&self) -> u64;
+    /// Write a message. It is visible to queries when this returns, and on
+    /// disk once a following [`ArchiveStore::sync`] resolves (one flush
+    /// for every message appended meanwhile: group commit).
+    fn append(&self, w: ArchiveWrite) -> StoreResult<()>;
+    /// Resolves once everything appended before the call is on disk.
+    fn sync(&self) -> BoxFuture<'_, StoreResult<()>>;
+    /// Run a query (off the async workers).
+    fn query(&self, q: ArchiveQuery) -> BoxFuture<'_, StoreResult<ArchivePage>>;
+    /// Whether `user`'s archive holds `id`.
+    fn contains(&self, user: &BareJid, id: u64) -> StoreResult<bool>;
+    /// The first and last ids of `user`'s archive.
+    fn bounds(&self, user: &BareJid) -> StoreResult<Option<(u64, u64)>>;
+}
+
 /// Every store the server uses.
 #[derive(Clone)]
 pub struct Stores {
@@ -313,6 +399,7 @@ pub struct Stores {
     pub rosters: Arc<dyn RosterStore>,
     pub offline: Arc<dyn OfflineStore>,
     pub userdata: Arc<dyn UserDataStore>,
+    pub archive: Arc<dyn ArchiveStore>,
     /// Flush and close (on shutdown).
     pub closer: Arc<dyn StoreCloser>,
 }
@@ -331,6 +418,7 @@ impl Stores {
             rosters: s.clone(),
             offline: s.clone(),
             userdata: s.clone(),
+            archive: s.clone(),
             closer: s,
         })
     }

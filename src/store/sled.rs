@@ -7,6 +7,7 @@
 //! - `roster_ver`: user → u64 (big endian)
 //! - `offline`:    user \0 u64 sequence → stanza XML
 //! - `userdata`:   user \0 key → value
+//! - `archive`: the message archive (see `sled_archive.rs`)
 //! - `usage`:      user \0 class → count and bytes (u64, u64 big endian) of
 //!   what the user keeps in a class (`offline`, or `ud:` and a userdata key
 //!   prefix): the quotas are checked against it in the same transaction
@@ -40,6 +41,9 @@ pub struct SledStore {
     offline: sled::Tree,
     userdata: sled::Tree,
     usage: sled::Tree,
+    pub(super) archive: sled::Tree,
+    /// The archive's id clock (see `sled_archive.rs`).
+    pub(super) archive_clock: super::sled_archive::IdClock,
     flusher: Mutex<Option<std_mpsc::Sender<Waiter>>>,
     flusher_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -61,7 +65,7 @@ impl Drop for SledStore {
     }
 }
 
-fn e<E: std::fmt::Display>(err: E) -> StoreError {
+pub(super) fn e<E: std::fmt::Display>(err: E) -> StoreError {
     StoreError(err.to_string())
 }
 
@@ -152,6 +156,7 @@ impl SledStore {
                     StoreError(format!("cannot open database in {}: {text}", dir.display()))
                 }
             })?;
+        let archive = db.open_tree("archive").map_err(e)?;
         let (tx, rx) = std_mpsc::channel::<Waiter>();
         let fdb = db.clone();
         let thread = std::thread::Builder::new()
@@ -165,6 +170,8 @@ impl SledStore {
             offline: db.open_tree("offline").map_err(e)?,
             userdata: db.open_tree("userdata").map_err(e)?,
             usage: db.open_tree("usage").map_err(e)?,
+            archive_clock: super::sled_archive::IdClock::open(&archive)?,
+            archive,
             db,
             flusher: Mutex::new(Some(tx)),
             flusher_thread: Mutex::new(Some(thread)),
@@ -172,7 +179,7 @@ impl SledStore {
     }
 
     /// Wait until everything written so far is on disk.
-    async fn commit(&self) -> StoreResult<()> {
+    pub(super) async fn commit(&self) -> StoreResult<()> {
         let (tx, rx) = oneshot::channel();
         {
             let f = self
@@ -289,6 +296,7 @@ impl AccountStore for SledStore {
             for tree in [&self.roster, &self.offline, &self.userdata, &self.usage] {
                 Self::remove_prefix(tree, &prefix)?;
             }
+            self.remove_archive_view(jid)?;
             self.roster_ver.remove(user.as_bytes()).map_err(e)?;
             self.accounts.remove(user.as_bytes()).map_err(e)?;
             self.commit().await?;

@@ -85,4 +85,11 @@ pub mod ns {
     pub const HINTS: &str = "urn:xmpp:hints";
     pub const MUC_USER: &str = "http://jabber.org/protocol/muc#user";
     pub const JINGLE_MESSAGE: &str = "urn:xmpp:jingle-message:0";
+    pub const MAM: &str = "urn:xmpp:mam:2";
+    pub const MAM_EXTENDED: &str = "urn:xmpp:mam:2#extended";
+    pub const SID: &str = "urn:xmpp:sid:0";
+    pub const RSM: &str = "http://jabber.org/protocol/rsm";
+    pub const DATA_FORMS: &str = "jabber:x:data";
+    pub const SM: &str = "urn:xmpp:sm:3";
+    pub const CSI: &str = "urn:xmpp:csi:0";
 }

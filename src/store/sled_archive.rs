@@ -1,0 +1,617 @@
+//! The message archive in sled: one tree, `archive`, so that a message's
+//! log entry and its index entries are written by one atomic batch.
+//!
+//! Keys (JIDs contain no NUL byte):
+//! - `L` conversation `\0` id → the message (one log per conversation;
+//!   a one-to-one conversation is `p` + the two bare JIDs in order,
+//!   separated by NUL). The value is a header byte saying which of the two
+//!   parties' views hold the message (bit 0: the first, bit 1: the
+//!   second), then from and to (each a 16-bit length and the bytes), then
+//!   the message's XML.
+//! - `U` user `\0` id → the other party's bare JID: each user's time
+//!   index, which answers queries without `with` and holds the user's view.
+//! - `M` `hwm` → a high-water mark of the id clock.
+//!
+//! Ids are microseconds since the Unix epoch, made unique by taking the
+//! next microsecond when two messages come in the same one. The clock
+//! never goes back across restarts: a mark some seconds ahead of the last
+//! id is kept on disk, and the clock starts after it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use xmpp_parsers::jid::BareJid;
+
+use super::sled::{e, SledStore};
+use super::{ArchivePage, ArchiveQuery, ArchiveStore, ArchiveWrite, Archived, BoxFuture};
+use super::{StoreError, StoreResult};
+
+const HWM_KEY: &[u8] = b"Mhwm";
+/// How far ahead of the ids the mark on disk is kept (microseconds).
+const HWM_AHEAD: u64 = 10_000_000;
+
+pub(crate) struct IdClock {
+    last: AtomicU64,
+    /// The mark on disk: ids stay below it until it is moved.
+    hwm: AtomicU64,
+}
+
+fn now_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+fn decode_u64(v: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    if v.len() == 8 {
+        b.copy_from_slice(v);
+    }
+    u64::from_be_bytes(b)
+}
+
+impl IdClock {
+    pub(crate) fn open(tree: &sled::Tree) -> StoreResult<IdClock> {
+        let hwm = tree.get(HWM_KEY).map_err(e)?.map(|v| decode_u64(&v));
+        Ok(IdClock {
+            last: AtomicU64::new(hwm.unwrap_or(0)),
+            hwm: AtomicU64::new(hwm.unwrap_or(0)),
+        })
+    }
+
+    fn next(&self) -> u64 {
+        let now = now_micros();
+        let mut cur = self.last.load(Ordering::Relaxed);
+        loop {
+            let id = now.max(cur + 1);
+            match self
+                .last
+                .compare_exchange_weak(cur, id, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => return id,
+                Err(c) => cur = c,
+            }
+        }
+    }
+}
+
+/// The log prefix of the conversation of a pair.
+fn pair_key(a: &BareJid, b: &BareJid) -> Vec<u8> {
+    let (x, y) = if a.as_str() <= b.as_str() {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    let mut k = Vec::with_capacity(x.as_str().len() + y.as_str().len() + 4);
+    k.push(b'L');
+    k.push(b'p');
+    k.extend_from_slice(x.as_str().as_bytes());
+    k.push(0);
+    k.extend_from_slice(y.as_str().as_bytes());
+    k.push(0);
+    k
+}
+
+/// The view bit of `user` in the pair (a, b).
+fn owner_bit(user: &BareJid, a: &BareJid, b: &BareJid) -> u8 {
+    let first = if a.as_str() <= b.as_str() { a } else { b };
+    let second = if first == a { b } else { a };
+    let mut bits = 0;
+    if user == first {
+        bits |= 1;
+    }
+    if user == second {
+        bits |= 2;
+    }
+    bits
+}
+
+fn user_prefix(user: &BareJid) -> Vec<u8> {
+    let mut k = Vec::with_capacity(user.as_str().len() + 10);
+    k.push(b'U');
+    k.extend_from_slice(user.as_str().as_bytes());
+    k.push(0);
+    k
+}
+
+fn with_id(prefix: &[u8], id: u64) -> Vec<u8> {
+    let mut k = prefix.to_vec();
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+fn encode_record(bits: u8, from: &str, to: &str, xml: &str) -> Vec<u8> {
+    let from = &from.as_bytes()[..from.len().min(u16::MAX as usize)];
+    let to = &to.as_bytes()[..to.len().min(u16::MAX as usize)];
+    let mut v = Vec::with_capacity(5 + from.len() + to.len() + xml.len());
+    v.push(bits);
+    v.extend_from_slice(&(from.len() as u16).to_be_bytes());
+    v.extend_from_slice(from);
+    v.extend_from_slice(&(to.len() as u16).to_be_bytes());
+    v.extend_from_slice(to);
+    v.extend_from_slice(xml.as_bytes());
+    v
+}
+
+struct Record<'a> {
+    bits: u8,
+    from: &'a [u8],
+    to: &'a [u8],
+    xml: &'a [u8],
+}
+
+fn decode_record(v: &[u8]) -> Option<Record<'_>> {
+    let bits = *v.first()?;
+    let flen = u16::from_be_bytes([*v.get(1)?, *v.get(2)?]) as usize;
+    let from = v.get(3..3 + flen)?;
+    let rest = v.get(3 + flen..)?;
+    let tlen = u16::from_be_bytes([*rest.first()?, *rest.get(1)?]) as usize;
+    let to = rest.get(2..2 + tlen)?;
+    let xml = rest.get(2 + tlen..)?;
+    Some(Record {
+        bits,
+        from,
+        to,
+        xml,
+    })
+}
+
+fn archived(id: u64, r: &Record<'_>) -> Archived {
+    Archived {
+        id,
+        from: String::from_utf8_lossy(r.from).into_owned(),
+        to: String::from_utf8_lossy(r.to).into_owned(),
+        xml: String::from_utf8_lossy(r.xml).into_owned(),
+    }
+}
+
+/// Whether `full` is the address `addr` (a full JID matches exactly).
+fn is_full(addr: &[u8], full: &str) -> bool {
+    addr == full.as_bytes()
+}
+
+/// Where a query's candidates come from.
+enum Source {
+    /// The conversation's log, seen by the view bit `bit`.
+    Log {
+        prefix: Vec<u8>,
+        bit: u8,
+        full: Option<String>,
+    },
+    /// The user's time index.
+    Index { prefix: Vec<u8> },
+}
+
+/// The archive tree, for reads that run off the async workers.
+struct Reader(sled::Tree);
+
+impl Reader {
+    /// The message `id` as `user` sees it, through the user's index.
+    fn fetch_via_index(
+        &self,
+        user: &BareJid,
+        id: u64,
+        with: &[u8],
+    ) -> StoreResult<Option<Archived>> {
+        let Ok(with) = BareJid::new(&String::from_utf8_lossy(with)) else {
+            return Ok(None);
+        };
+        let prefix = pair_key(user, &with);
+        let bit = owner_bit(user, user, &with);
+        let Some(v) = self.0.get(with_id(&prefix, id)).map_err(e)? else {
+            return Ok(None);
+        };
+        Ok(decode_record(&v)
+            .filter(|r| r.bits & bit != 0)
+            .map(|r| archived(id, &r)))
+    }
+
+    /// Candidate ids in [lo, hi] in order (reversed with `rev`), each
+    /// given to `f` with the value under it; `f` returns `false` to stop.
+    fn walk(
+        &self,
+        prefix: &[u8],
+        lo: u64,
+        hi: u64,
+        rev: bool,
+        mut f: impl FnMut(u64, &[u8]) -> bool,
+    ) -> StoreResult<()> {
+        if lo > hi {
+            return Ok(());
+        }
+        let range = self.0.range(with_id(prefix, lo)..=with_id(prefix, hi));
+        let mut step = |kv: sled::Result<(sled::IVec, sled::IVec)>| -> StoreResult<bool> {
+            let (k, v) = kv.map_err(e)?;
+            let id = decode_u64(k.get(prefix.len()..).unwrap_or_default());
+            Ok(f(id, &v))
+        };
+        if rev {
+            for kv in range.rev() {
+                if !step(kv)? {
+                    break;
+                }
+            }
+        } else {
+            for kv in range {
+                if !step(kv)? {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn run_query(&self, q: &ArchiveQuery) -> StoreResult<ArchivePage> {
+        let user = q
+            .user
+            .clone()
+            .ok_or_else(|| StoreError("an archive query needs a user".into()))?;
+        let source = match &q.with {
+            Some(with) => Source::Log {
+                prefix: pair_key(&user, with),
+                bit: owner_bit(&user, &user, with),
+                full: q.with_full.clone(),
+            },
+            None => Source::Index {
+                prefix: user_prefix(&user),
+            },
+        };
+        let lo = q.start.unwrap_or(0);
+        let hi = q.end.unwrap_or(u64::MAX - 1);
+        // Whether a candidate is in the result set (and the message, when
+        // `fetch`).
+        let matches = |id: u64, v: &[u8], fetch: bool| -> StoreResult<Option<Option<Archived>>> {
+            match &source {
+                Source::Log { bit, full, .. } => {
+                    let Some(r) = decode_record(v) else {
+                        return Ok(None);
+                    };
+                    if r.bits & bit == 0 {
+                        return Ok(None);
+                    }
+                    if let Some(f) = full {
+                        if !is_full(r.from, f) && !is_full(r.to, f) {
+                            return Ok(None);
+                        }
+                    }
+                    Ok(Some(fetch.then(|| archived(id, &r))))
+                }
+                Source::Index { .. } => {
+                    if !fetch {
+                        return Ok(Some(None));
+                    }
+                    Ok(self.fetch_via_index(&user, id, v)?.map(Some))
+                }
+            }
+        };
+        let prefix = match &source {
+            Source::Log { prefix, .. } | Source::Index { prefix } => prefix.clone(),
+        };
+        if let Some(ids) = &q.ids {
+            let mut ids: Vec<u64> = ids
+                .iter()
+                .copied()
+                .filter(|i| *i >= lo && *i <= hi)
+                .collect();
+            ids.sort_unstable();
+            ids.dedup();
+            let mut items = Vec::new();
+            for id in ids {
+                let Some(v) = self.0.get(with_id(&prefix, id)).map_err(e)? else {
+                    continue;
+                };
+                if let Some(Some(a)) = matches(id, &v, true)? {
+                    items.push(a);
+                }
+            }
+            if q.from_end {
+                let skip = items.len().saturating_sub(q.max);
+                items.drain(..skip);
+            } else {
+                items.truncate(q.max);
+            }
+            return Ok(ArchivePage {
+                count: items.len(),
+                complete: true,
+                first_index: 0,
+                items,
+            });
+        }
+        // The whole result set's size.
+        let mut err = None;
+        let mut count = 0usize;
+        self.walk(&prefix, lo, hi, false, |id, v| {
+            match matches(id, v, false) {
+                Ok(Some(_)) => {
+                    count += 1;
+                    true
+                }
+                Ok(None) => true,
+                Err(x) => {
+                    err = Some(x);
+                    false
+                }
+            }
+        })?;
+        if let Some(x) = err {
+            return Err(x);
+        }
+        let plo = q.after.map_or(lo, |a| lo.max(a.saturating_add(1)));
+        let phi = q.before.map_or(hi, |b| hi.min(b.saturating_sub(1)));
+        let mut items = Vec::new();
+        let mut more = false;
+        let mut skip = if q.from_end { 0 } else { q.index.unwrap_or(0) };
+        let mut err = None;
+        if q.before.is_some() && q.before == Some(0) {
+            // Before the first possible id: nothing.
+        } else {
+            self.walk(&prefix, plo, phi, q.from_end, |id, v| {
+                match matches(id, v, items.len() < q.max && skip == 0) {
+                    Ok(Some(a)) => {
+                        if skip > 0 {
+                            skip -= 1;
+                            return true;
+                        }
+                        if items.len() >= q.max {
+                            more = true;
+                            return false;
+                        }
+                        if let Some(a) = a {
+                            items.push(a);
+                        }
+                        true
+                    }
+                    Ok(None) => true,
+                    Err(x) => {
+                        err = Some(x);
+                        false
+                    }
+                }
+            })?;
+        }
+        if let Some(x) = err {
+            return Err(x);
+        }
+        if q.from_end {
+            items.reverse();
+        }
+        // Where the page starts in the result set.
+        let first_index = match items.first() {
+            Some(first) => {
+                let mut n = 0usize;
+                let mut err = None;
+                self.walk(&prefix, lo, first.id.saturating_sub(1), false, |id, v| {
+                    match matches(id, v, false) {
+                        Ok(Some(_)) => n += 1,
+                        Ok(None) => {}
+                        Err(x) => {
+                            err = Some(x);
+                            return false;
+                        }
+                    }
+                    true
+                })?;
+                if let Some(x) = err {
+                    return Err(x);
+                }
+                n
+            }
+            None => count,
+        };
+        Ok(ArchivePage {
+            items,
+            complete: !more,
+            count,
+            first_index,
+        })
+    }
+}
+
+impl SledStore {
+    /// An account is deleted: its view goes, and messages no view holds
+    /// any more are removed from the logs.
+    pub(super) fn remove_archive_view(&self, user: &BareJid) -> StoreResult<()> {
+        let prefix = user_prefix(user);
+        let mut batch = sled::Batch::default();
+        for kv in self.archive.scan_prefix(&prefix) {
+            let (k, with) = kv.map_err(e)?;
+            batch.remove(k.clone());
+            let id = decode_u64(k.get(prefix.len()..).unwrap_or_default());
+            let Ok(with) = BareJid::new(&String::from_utf8_lossy(&with)) else {
+                continue;
+            };
+            let lp = pair_key(user, &with);
+            let lk = with_id(&lp, id);
+            let bit = owner_bit(user, user, &with);
+            if let Some(v) = self.archive.get(&lk).map_err(e)? {
+                let rest = v.first().map_or(0, |b| b & !bit);
+                if rest == 0 {
+                    batch.remove(lk);
+                } else {
+                    let mut nv = v.to_vec();
+                    nv[0] = rest;
+                    batch.insert(lk, nv);
+                }
+            }
+        }
+        self.archive.apply_batch(batch).map_err(e)
+    }
+}
+
+impl ArchiveStore for SledStore {
+    fn next_id(&self) -> u64 {
+        self.archive_clock.next()
+    }
+
+    fn append(&self, w: ArchiveWrite) -> StoreResult<()> {
+        let (a, b) = (&w.pair.0, &w.pair.1);
+        let mut bits = 0u8;
+        for o in &w.owners {
+            bits |= owner_bit(o, a, b);
+        }
+        if bits == 0 {
+            return Ok(());
+        }
+        let prefix = pair_key(a, b);
+        let mut batch = sled::Batch::default();
+        batch.insert(
+            with_id(&prefix, w.id),
+            encode_record(bits, &w.from, &w.to, &w.xml),
+        );
+        for o in &w.owners {
+            let other = if o == a { b } else { a };
+            batch.insert(with_id(&user_prefix(o), w.id), other.as_str().as_bytes());
+            if a == b {
+                break;
+            }
+        }
+        let clock = &self.archive_clock;
+        let mark = clock.hwm.load(Ordering::Acquire);
+        if w.id >= mark {
+            let next = w.id + HWM_AHEAD;
+            if clock
+                .hwm
+                .compare_exchange(mark, next, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
+                batch.insert(HWM_KEY, &next.to_be_bytes()[..]);
+            }
+        }
+        self.archive.apply_batch(batch).map_err(e)
+    }
+
+    fn sync(&self) -> BoxFuture<'_, StoreResult<()>> {
+        Box::pin(self.commit())
+    }
+
+    fn query(&self, q: ArchiveQuery) -> BoxFuture<'_, StoreResult<ArchivePage>> {
+        // Reads of a few hundred entries: quick, but a page walk of a
+        // large archive should not hold an async worker either.
+        let reader = Reader(self.archive.clone());
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || reader.run_query(&q))
+                .await
+                .map_err(|err| StoreError(format!("archive read failed: {err}")))?
+        })
+    }
+
+    fn contains(&self, user: &BareJid, id: u64) -> StoreResult<bool> {
+        self.archive
+            .contains_key(with_id(&user_prefix(user), id))
+            .map_err(e)
+    }
+
+    fn bounds(&self, user: &BareJid) -> StoreResult<Option<(u64, u64)>> {
+        let prefix = user_prefix(user);
+        let first = self.archive.scan_prefix(&prefix).next();
+        let last = self.archive.scan_prefix(&prefix).next_back();
+        match (first, last) {
+            (Some(f), Some(l)) => {
+                let (fk, _) = f.map_err(e)?;
+                let (lk, _) = l.map_err(e)?;
+                Ok(Some((
+                    decode_u64(fk.get(prefix.len()..).unwrap_or_default()),
+                    decode_u64(lk.get(prefix.len()..).unwrap_or_default()),
+                )))
+            }
+            _ => Ok(None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn jid(s: &str) -> BareJid {
+        BareJid::new(s).unwrap()
+    }
+
+    fn write(s: &SledStore, from: &str, to: &str, owners: &[&str], body: &str) -> u64 {
+        let id = s.next_id();
+        s.append(ArchiveWrite {
+            id,
+            pair: (jid(from), jid(to)),
+            owners: owners.iter().map(|o| jid(o)).collect(),
+            from: format!("{from}/r"),
+            to: to.to_string(),
+            xml: format!("<message><body>{body}</body></message>"),
+        })
+        .unwrap();
+        id
+    }
+
+    fn q(user: &str) -> ArchiveQuery {
+        ArchiveQuery {
+            user: Some(jid(user)),
+            max: 10,
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn views_paging_and_reclaim() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
+        let (a, b, c) = ("a@x", "b@x", "c@x");
+        let mut ab = Vec::new();
+        for i in 0..25 {
+            ab.push(write(&s, a, b, &[a, b], &format!("ab{i}")));
+        }
+        let only_a = write(&s, a, c, &[a], "ac");
+        // b's view of a.
+        let mut q1 = q(b);
+        q1.with = Some(jid(a));
+        let p = s.query(q1.clone()).await.unwrap();
+        assert_eq!(p.count, 25);
+        assert_eq!(p.items.len(), 10);
+        assert!(!p.complete);
+        assert_eq!(p.items[0].id, ab[0]);
+        // The last page, from the end.
+        q1.from_end = true;
+        let p = s.query(q1.clone()).await.unwrap();
+        assert_eq!(p.items.last().unwrap().id, ab[24]);
+        assert_eq!(p.first_index, 15);
+        // Before an id.
+        q1.before = Some(ab[5]);
+        let p = s.query(q1.clone()).await.unwrap();
+        assert_eq!(p.items.len(), 5);
+        assert!(p.complete);
+        // c never archived it: c's archive is empty; a has 26.
+        assert_eq!(s.query(q(c)).await.unwrap().count, 0);
+        let mut qa = q(a);
+        qa.after = Some(ab[20]);
+        let p = s.query(qa).await.unwrap();
+        assert_eq!(p.count, 26);
+        assert_eq!(p.items.len(), 5);
+        assert_eq!(p.items[4].id, only_a);
+        assert_eq!(p.first_index, 21);
+        // Full JID filter.
+        let mut qf = q(b);
+        qf.with = Some(jid(a));
+        qf.with_full = Some("a@x/other".into());
+        assert_eq!(s.query(qf.clone()).await.unwrap().count, 0);
+        qf.with_full = Some("a@x/r".into());
+        assert_eq!(s.query(qf).await.unwrap().count, 25);
+        // ids
+        let mut qi = q(b);
+        qi.ids = Some(vec![ab[3], only_a, ab[1]]);
+        let p = s.query(qi).await.unwrap();
+        assert_eq!(
+            p.items.iter().map(|i| i.id).collect::<Vec<_>>(),
+            vec![ab[1], ab[3]]
+        );
+        assert_eq!(s.bounds(&jid(a)).unwrap(), Some((ab[0], only_a)));
+        // a goes: b keeps the pair's messages, a-c is reclaimed.
+        s.remove_archive_view(&jid(a)).unwrap();
+        assert_eq!(s.query(q(a)).await.unwrap().count, 0);
+        assert_eq!(s.query(q(b)).await.unwrap().count, 25);
+        let left = s.archive.scan_prefix(b"L").count();
+        assert_eq!(left, 25);
+        // Ids keep growing across a reopen.
+        let last = s.next_id();
+        drop(s);
+        let s = SledStore::open(dir.path()).unwrap();
+        assert!(s.next_id() > last);
+    }
+}
