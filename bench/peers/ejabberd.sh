@@ -3,7 +3,9 @@
 # (Copied from the interop lab for the benchmark; changes: no limit on
 # how often one address may register, so the benchmark can create its
 # users in-band; EJABBERD_BACKLOG sets the c2s listen backlog, whose
-# default of 5 drops connection attempts under a burst of logins.)
+# default of 5 drops connection attempts under a burst of logins. The
+# bench runs it with the archive on, EJABBERD_MAM=1 (default: always),
+# and mod_stream_mgmt, which every bench client enables.)
 #
 #   ejabberd.sh [-d DIR] start              write config + cert, start, wait for ports
 #   ejabberd.sh [-d DIR] stop               stop the node started from DIR (by PID)

@@ -3,7 +3,9 @@
 # (Copied from the interop lab for the benchmark; adds PROSODY_BACKLOG,
 # the listen backlog, 128 by default, and PROSODY_NAGLE=false, which sets
 # TCP_NODELAY: with Nagle on, Prosody's replies wait for the peer's
-# delayed ACK, ~40 ms each on loopback.)
+# delayed ACK, ~40 ms each on loopback. The bench runs it with the
+# archive on, PROSODY_MAM=1, archiving every message by default, and
+# mod_smacks, stream management, which every bench client enables.)
 #
 #   prosody.sh [-d DIR] start              write config + cert, start, wait for ports
 #   prosody.sh [-d DIR] stop               stop the process started from DIR (by PID)

@@ -1,5 +1,6 @@
 //! A deliberately small XMPP client for load generation: STARTTLS,
-//! SCRAM-SHA-1 or PLAIN, bind, presence, carbons, and raw writes.
+//! SCRAM-SHA-1 or PLAIN, bind, stream management (XEP-0198, where the
+//! server offers it), presence, carbons, and raw writes.
 //!
 //! It scans the byte stream for the few markers it needs instead of
 //! parsing XML, so that the load generator spends as little CPU as
@@ -145,6 +146,179 @@ pub struct Session {
     pub stream: TlsStream<TcpStream>,
     /// Bytes read and not yet consumed.
     pub buf: Vec<u8>,
+    /// Stream management state, when the server offered it and it is
+    /// enabled. It has seen `buf[..fed]`.
+    sm: Option<Sm>,
+    fed: usize,
+}
+
+/// The client's side of stream management (XEP-0198): counts the stanzas
+/// (top-level `<message>`, `<presence>`, `<iq>`) received since
+/// `<enabled/>` and notes the server's `<r/>` requests, so that they can
+/// be answered with `<a h='N'/>`.
+///
+/// Like the rest of this client it does not parse XML: a small state
+/// machine over the bytes tracks tags (with quoted attribute values),
+/// their depth and the first bytes of their names, which is all it
+/// takes to find the elements at stream level.
+#[derive(Debug, Clone)]
+pub struct Sm {
+    /// Stanzas received since `<enabled/>`, mod 2^32.
+    h: u32,
+    /// Element depth, the stream's own element being 1.
+    depth: u32,
+    lex: Lex,
+    /// The tag being read is an end tag.
+    closing: bool,
+    /// The last significant byte in the tag being read was `/`.
+    slash: bool,
+    name: [u8; 8],
+    /// Bytes of the name read (more than `name.len()`: too long to matter).
+    name_len: usize,
+    /// An `<r/>` was read and not yet answered.
+    ack_due: bool,
+}
+
+/// The acknowledgement of `h` stanzas.
+pub fn ack(h: u32) -> String {
+    format!("<a xmlns='urn:xmpp:sm:3' h='{h}'/>")
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lex {
+    Text,
+    /// Just after `<`.
+    Open,
+    Name,
+    Attrs,
+    Quoted(u8),
+    /// `<?…?>` or `<!…>`: skipped to its `>`.
+    Other,
+}
+
+impl Default for Sm {
+    fn default() -> Self {
+        Sm::new()
+    }
+}
+
+impl Sm {
+    /// The state right after `<enabled/>`: inside the stream, nothing
+    /// counted.
+    pub fn new() -> Sm {
+        Sm {
+            h: 0,
+            depth: 1,
+            lex: Lex::Text,
+            closing: false,
+            slash: false,
+            name: [0; 8],
+            name_len: 0,
+            ack_due: false,
+        }
+    }
+
+    /// Stanzas counted so far.
+    #[cfg(test)]
+    pub fn h(&self) -> u32 {
+        self.h
+    }
+
+    /// Scan bytes received (in order, each byte once).
+    pub fn feed(&mut self, data: &[u8]) {
+        for &b in data {
+            match self.lex {
+                Lex::Text => {
+                    if b == b'<' {
+                        self.lex = Lex::Open;
+                        self.closing = false;
+                        self.slash = false;
+                        self.name_len = 0;
+                    }
+                }
+                Lex::Open => match b {
+                    b'/' => {
+                        self.closing = true;
+                        self.lex = Lex::Name;
+                    }
+                    b'?' | b'!' => self.lex = Lex::Other,
+                    _ => {
+                        self.push_name(b);
+                        self.lex = Lex::Name;
+                    }
+                },
+                Lex::Name => match b {
+                    b'>' => self.tag_end(),
+                    b'/' => {
+                        self.slash = true;
+                        self.lex = Lex::Attrs;
+                    }
+                    b' ' | b'\t' | b'\r' | b'\n' => self.lex = Lex::Attrs,
+                    _ => self.push_name(b),
+                },
+                Lex::Attrs => match b {
+                    b'>' => self.tag_end(),
+                    b'\'' | b'"' => {
+                        self.slash = false;
+                        self.lex = Lex::Quoted(b);
+                    }
+                    b'/' => self.slash = true,
+                    b' ' | b'\t' | b'\r' | b'\n' => {}
+                    _ => self.slash = false,
+                },
+                Lex::Quoted(q) => {
+                    if b == q {
+                        self.lex = Lex::Attrs;
+                    }
+                }
+                Lex::Other => {
+                    if b == b'>' {
+                        self.lex = Lex::Text;
+                    }
+                }
+            }
+        }
+    }
+
+    fn push_name(&mut self, b: u8) {
+        if let Some(slot) = self.name.get_mut(self.name_len) {
+            *slot = b;
+        }
+        self.name_len += 1;
+    }
+
+    fn tag_end(&mut self) {
+        self.lex = Lex::Text;
+        if self.closing {
+            self.depth = self.depth.saturating_sub(1);
+            return;
+        }
+        if self.depth == 1 {
+            let name: &[u8] = if self.name_len <= self.name.len() {
+                &self.name[..self.name_len]
+            } else {
+                &[]
+            };
+            match name {
+                b"message" | b"presence" | b"iq" => self.h = self.h.wrapping_add(1),
+                b"r" => self.ack_due = true,
+                _ => {}
+            }
+        }
+        if !self.slash {
+            self.depth += 1;
+        }
+    }
+
+    /// The count to acknowledge if an `<r/>` came in since the last call.
+    pub fn take_request(&mut self) -> Option<u32> {
+        std::mem::take(&mut self.ack_due).then_some(self.h)
+    }
+
+    /// The `<a/>` to send if an `<r/>` came in since the last call.
+    pub fn take_ack(&mut self) -> Option<String> {
+        self.take_request().map(ack)
+    }
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
@@ -152,7 +326,7 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 /// Text between the end of the start tag `<name …>` and `</name>`.
-fn element_text(buf: &[u8], name: &str) -> Option<(String, usize)> {
+pub fn element_text(buf: &[u8], name: &str) -> Option<(String, usize)> {
     let open = find(buf, format!("<{name}").as_bytes())?;
     let gt = open + find(&buf[open..], b">")?;
     if buf[gt - 1] == b'/' {
@@ -198,13 +372,106 @@ async fn read_until<S: tokio::io::AsyncRead + Unpin>(
         if let Some(n) = done(buf) {
             return Ok(buf.drain(..n).collect());
         }
-        if find(buf, b"stream:error").is_some() || find(buf, b"<failure").is_some() {
-            return Err(format!(
-                "waiting for {what}: {}",
-                String::from_utf8_lossy(&buf[..buf.len().min(400)])
-            ));
-        }
+        failed(buf, what)?;
         read_more(s, buf).await?;
+    }
+}
+
+/// A stream error or a SASL failure in `buf` is an error.
+fn failed(buf: &[u8], what: &str) -> Result<(), Error> {
+    if find(buf, b"stream:error").is_some() || find(buf, b"<failure").is_some() {
+        return Err(format!(
+            "waiting for {what}: {}",
+            String::from_utf8_lossy(&buf[..buf.len().min(400)])
+        ));
+    }
+    Ok(())
+}
+
+/// The end of the first `<name …/>` or `<name …>…</name>` in `b`, if
+/// complete.
+fn element_end(b: &[u8], name: &str) -> Option<usize> {
+    let open = find(b, format!("<{name}").as_bytes())?;
+    let gt = open + find(&b[open..], b">")?;
+    if b[gt - 1] == b'/' {
+        return Some(gt + 1);
+    }
+    let close_tag = format!("</{name}>");
+    find(&b[gt..], close_tag.as_bytes()).map(|c| gt + c + close_tag.len())
+}
+
+impl Session {
+    /// Whether stream management is on for this session.
+    pub fn sm_enabled(&self) -> bool {
+        self.sm.is_some()
+    }
+
+    pub async fn write(&mut self, data: &str) -> Result<(), Error> {
+        write(&mut self.stream, data).await
+    }
+
+    /// Let stream management see what it has not seen yet, and answer an
+    /// `<r/>` among it.
+    async fn sm_catch_up(&mut self) -> Result<(), Error> {
+        if let Some(sm) = &mut self.sm {
+            sm.feed(&self.buf[self.fed..]);
+            self.fed = self.buf.len();
+            if let Some(a) = sm.take_ack() {
+                write(&mut self.stream, &a).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Read until `done(buf)` gives the number of bytes to consume;
+    /// returns them. The server's `<r/>` are answered meanwhile.
+    pub async fn read_until(
+        &mut self,
+        what: &str,
+        done: impl Fn(&[u8]) -> Option<usize>,
+    ) -> Result<Vec<u8>, Error> {
+        loop {
+            self.sm_catch_up().await?;
+            if let Some(n) = done(&self.buf) {
+                self.fed = self.fed.saturating_sub(n);
+                return Ok(self.buf.drain(..n).collect());
+            }
+            failed(&self.buf, what)?;
+            read_more(&mut self.stream, &mut self.buf).await?;
+        }
+    }
+
+    /// The stream, the bytes read and not consumed, and the stream
+    /// management state, which has seen all of them (an ack it owes is
+    /// in its `take_ack`).
+    pub fn into_parts(mut self) -> (TlsStream<TcpStream>, Vec<u8>, Option<Sm>) {
+        if let Some(sm) = &mut self.sm {
+            sm.feed(&self.buf[self.fed..]);
+        }
+        (self.stream, self.buf, self.sm)
+    }
+
+    /// Keep the session open, reading and discarding what comes and
+    /// answering `<r/>`, until the connection ends (or the task running
+    /// this is aborted).
+    pub async fn hold(self) {
+        let (mut stream, _, mut sm) = self.into_parts();
+        let mut chunk = vec![0u8; 2048];
+        loop {
+            if let Some(a) = sm.as_mut().and_then(Sm::take_ack) {
+                if write(&mut stream, &a).await.is_err() {
+                    return;
+                }
+            }
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    if let Some(sm) = &mut sm {
+                        sm.feed(&chunk[..n]);
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -399,7 +666,8 @@ pub async fn login(
     }
     sasl_outcome(&mut s, &mut buf).await?;
     write(&mut s, &header(&t.domain)).await?;
-    read_until(&mut s, &mut buf, "stream features after SASL", features_end).await?;
+    let features = read_until(&mut s, &mut buf, "stream features after SASL", features_end).await?;
+    let offers_sm = find(&features, b"urn:xmpp:sm:3").is_some();
     write(
         &mut s,
         "<iq type='set' id='bind'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>bench</resource></bind></iq>",
@@ -409,18 +677,44 @@ pub async fn login(
     if find(&bound, b"error").is_some() {
         return Err(format!("bind failed: {}", String::from_utf8_lossy(&bound)));
     }
+    let mut session = Session {
+        stream: s,
+        buf,
+        sm: None,
+        fed: 0,
+    };
+    if offers_sm {
+        // Stream management as a client would have it, where offered:
+        // the server keeps what it sent until acknowledged and asks for
+        // acknowledgements, which every reader in the bench answers.
+        session.write("<enable xmlns='urn:xmpp:sm:3'/>").await?;
+        let answer = session
+            .read_until("stream management enabled", |b| {
+                element_end(b, "enabled").or_else(|| element_end(b, "failed"))
+            })
+            .await?;
+        if find(&answer, b"<enabled").is_none() {
+            return Err(format!(
+                "stream management offered, enabling it failed: {}",
+                String::from_utf8_lossy(&answer)
+            ));
+        }
+        // Counting starts with what follows <enabled/>.
+        session.sm = Some(Sm::new());
+        session.fed = 0;
+    }
     if carbons {
-        write(
-            &mut s,
-            "<iq type='set' id='carbons'><enable xmlns='urn:xmpp:carbons:2'/></iq>",
-        )
-        .await?;
-        read_until(&mut s, &mut buf, "carbons result", |b| iq_end(b, "carbons")).await?;
+        session
+            .write("<iq type='set' id='carbons'><enable xmlns='urn:xmpp:carbons:2'/></iq>")
+            .await?;
+        session
+            .read_until("carbons result", |b| iq_end(b, "carbons"))
+            .await?;
     }
     if presence {
-        write(&mut s, "<presence/>").await?;
+        session.write("<presence/>").await?;
     }
-    Ok(Session { stream: s, buf })
+    Ok(session)
 }
 
 /// In-band registration (XEP-0077) of `user`, then the SCRAM salt of the
@@ -454,4 +748,37 @@ pub async fn register(t: &Target, source: IpAddr, user: &str, password: &str) ->
     )
     .await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Sm;
+
+    #[test]
+    fn sm_counts_stanzas_at_stream_level_only() {
+        let mut sm = Sm::new();
+        // A message carrying a forwarded message (carbons, MAM results):
+        // one stanza. A presence and an IQ result, self-closing.
+        sm.feed(b"<message from='a@b' to='c@d'><result xmlns='urn:xmpp:mam:2' id='x>y'>");
+        sm.feed(
+            b"<forwarded xmlns='urn:xmpp:forward:0'><message to=\"e\"><body>1 &lt; 2 > 0</body>",
+        );
+        sm.feed(b"</message></forwarded></result></message><presence/><iq type='result' id='i'/>");
+        assert_eq!(sm.h(), 3);
+        assert_eq!(sm.take_ack(), None);
+        // An <r/> split over two reads, then a stanza with a long name
+        // element inside.
+        sm.feed(b"<r xmlns='urn:xm");
+        sm.feed(b"pp:sm:3'/><message><x-very-long-name/></message>");
+        assert_eq!(sm.h(), 4);
+        assert_eq!(
+            sm.take_ack().as_deref(),
+            Some("<a xmlns='urn:xmpp:sm:3' h='4'/>")
+        );
+        assert_eq!(sm.take_ack(), None);
+        // Elements that are not stanzas do not count; the stream's end
+        // leaves the stream level.
+        sm.feed(b"<a xmlns='urn:xmpp:sm:3' h='2'/><stream:error><x/></stream:error></stream:stream><message/>");
+        assert_eq!(sm.h(), 4);
+    }
 }

@@ -7,10 +7,14 @@
 //!
 //! Each target is started with a fresh data directory on its own loopback
 //! address (Confab 127.0.0.10, Prosody 127.0.0.11, ejabberd 127.0.0.12),
-//! gets its users, is measured, and is stopped by PID. Results are printed
-//! as one table and written as JSON to bench/results/.
+//! gets its users, is measured, and is stopped by PID. The targets are
+//! Confab, Confab with its archive off (`confab-nomam`, chat only),
+//! Prosody and ejabberd; the `mam` scenario (archive queries on a large
+//! archive) runs for Confab only. Results are printed as one table and
+//! written as JSON to bench/results/.
 
 mod client;
+mod mam;
 mod scenarios;
 mod targets;
 
@@ -20,12 +24,15 @@ use std::sync::Arc;
 use clap::{Parser, ValueEnum};
 
 use client::{KeyCache, Mech, Target};
-use scenarios::{ChatResult, ConnectResult};
+use mam::MamResult;
+use scenarios::{ChatResult, ConnectResult, Storage};
 use targets::{Kind, Running};
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
 enum Which {
     Confab,
+    /// Confab with `[mam] enabled = false` (chat scenario only).
+    ConfabNomam,
     Prosody,
     Ejabberd,
     All,
@@ -35,6 +42,8 @@ enum Which {
 enum Scenario {
     Connect,
     Chat,
+    /// Archive queries on a large archive, and chat on it (Confab only).
+    Mam,
     All,
 }
 
@@ -50,9 +59,9 @@ enum MechArg {
     about = "Side-by-side load benchmark: Confab, Prosody, ejabberd"
 )]
 struct Args {
-    /// Which server(s) to measure.
-    #[arg(long, value_enum, default_value = "all")]
-    target: Which,
+    /// Which server(s) to measure, comma-separated ("all": the four).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "all")]
+    target: Vec<Which>,
     /// Which scenario(s) to run.
     #[arg(long, value_enum, default_value = "all")]
     scenario: Scenario,
@@ -75,6 +84,18 @@ struct Args {
     /// Seconds per rate step.
     #[arg(long, default_value_t = 5)]
     step_secs: u64,
+    /// Messages archived before the queries of the mam scenario.
+    #[arg(long, default_value_t = 1_000_000)]
+    mam_messages: u64,
+    /// Users (in pairs) the mam scenario's messages are spread over.
+    #[arg(long, default_value_t = 1000)]
+    mam_users: usize,
+    /// "Last 50 messages with X" queries in the mam scenario.
+    #[arg(long, default_value_t = 1000)]
+    mam_queries: usize,
+    /// Page walks through a whole archive in the mam scenario.
+    #[arg(long, default_value_t = 10)]
+    mam_walks: usize,
     /// SASL mechanism for logins.
     #[arg(long, value_enum, default_value = "scram")]
     mech: MechArg,
@@ -90,12 +111,15 @@ struct TargetResult {
     version: String,
     connect: Option<ConnectResult>,
     chat: Option<ChatResult>,
+    mam: Option<MamResult>,
     error: Option<String>,
 }
 
 fn version(kind: Kind) -> String {
     let cmd: &[&str] = match kind {
-        Kind::Confab => return format!("confab {}", env!("CARGO_PKG_VERSION")),
+        Kind::Confab | Kind::ConfabNomam => {
+            return format!("{} {}", kind.name(), env!("CARGO_PKG_VERSION"))
+        }
         Kind::Prosody => &["dpkg-query", "-W", "-f", "${Version}", "prosody"],
         Kind::Ejabberd => &["dpkg-query", "-W", "-f", "${Version}", "ejabberd"],
     };
@@ -143,6 +167,7 @@ async fn run_target(kind: Kind, args: &Args, work: &std::path::Path) -> TargetRe
         version: version(kind),
         connect: None,
         chat: None,
+        mam: None,
         error: None,
     };
     let t = Target {
@@ -155,7 +180,9 @@ async fn run_target(kind: Kind, args: &Args, work: &std::path::Path) -> TargetRe
         MechArg::Scram => Mech::ScramSha1,
         MechArg::Plain => Mech::Plain,
     };
-    if matches!(args.scenario, Scenario::Connect | Scenario::All) {
+    // The archive changes nothing in logins: Confab without it runs the
+    // chat scenario only.
+    if matches!(args.scenario, Scenario::Connect | Scenario::All) && kind != Kind::ConfabNomam {
         match start(
             kind,
             &work.join("connect"),
@@ -205,7 +232,9 @@ async fn run_target(kind: Kind, args: &Args, work: &std::path::Path) -> TargetRe
                     "   chat: {} users in pairs, {} s per step",
                     args.chat_users, args.step_secs
                 );
-                let r = scenarios::chat(
+                let dir = server.storage_dir();
+                let bytes_before = targets::disk_bytes(&dir);
+                let mut r = scenarios::chat(
                     &server,
                     &t,
                     args.chat_users,
@@ -218,8 +247,71 @@ async fn run_target(kind: Kind, args: &Args, work: &std::path::Path) -> TargetRe
                 if let Some(e) = &r.first_error {
                     eprintln!("   login failures: {} ({e})", r.login_failures);
                 }
-                eprintln!("   max sustainable: {}/s", r.max_sustainable_per_sec);
+                eprintln!(
+                    "   max sustainable: {}/s (stream management on {} of {} sessions)",
+                    r.max_sustainable_per_sec, r.sm_sessions, r.users
+                );
+                // Measured once the server has stopped: what it wrote is
+                // on disk then.
+                server.stop();
+                let bytes_after = targets::disk_bytes(&dir);
+                let messages = r.delivered();
+                let st = Storage {
+                    dir: dir.display().to_string(),
+                    bytes_before,
+                    bytes_after,
+                    messages,
+                    bytes_per_message: bytes_after as f64 / messages.max(1) as f64,
+                    growth_per_message: bytes_after.saturating_sub(bytes_before) as f64
+                        / messages.max(1) as f64,
+                };
+                eprintln!(
+                    "   storage on disk (the archive with the rest): {:.0} bytes per message ({:.1} MiB in {} after {} messages; {:.0} bytes per message of growth during the run)",
+                    st.bytes_per_message,
+                    bytes_after as f64 / 1048576.0,
+                    st.dir,
+                    messages,
+                    st.growth_per_message
+                );
+                r.storage = Some(st);
                 res.chat = Some(r);
+            }
+            Err(e) => {
+                eprintln!("   {e}");
+                res.error = Some(e);
+                return res;
+            }
+        }
+    }
+    if matches!(args.scenario, Scenario::Mam | Scenario::All) {
+        if kind != Kind::Confab {
+            if args.scenario == Scenario::Mam {
+                eprintln!(
+                    "== {}: the mam scenario is Confab's only, skipped",
+                    kind.name()
+                );
+            }
+            return res;
+        }
+        let users = args.mam_users.max(args.chat_users);
+        match start(kind, &work.join("mam"), users, &t, args.concurrency).await {
+            Ok(mut server) => {
+                let p = mam::Params {
+                    users,
+                    messages: args.mam_messages,
+                    queries: args.mam_queries,
+                    walks: args.mam_walks,
+                    chat_users: args.chat_users,
+                    rates: &args.rates,
+                    step_secs: args.step_secs,
+                    mech,
+                    concurrency: args.concurrency,
+                };
+                let r = mam::mam(&server, &t, &p).await;
+                if let Some(e) = &r.error {
+                    eprintln!("   mam: {e}");
+                }
+                res.mam = Some(r);
                 server.stop();
             }
             Err(e) => {
@@ -256,6 +348,7 @@ fn print_table(results: &[TargetResult]) {
         // higher is better; None: no ratio (an informative row)
         Option<bool>,
     );
+    let storage = |r: &TargetResult| r.chat.as_ref().and_then(|c| c.storage.clone());
     let rows: Vec<Row> = vec![
         (
             "logins/s",
@@ -293,65 +386,149 @@ fn print_table(results: &[TargetResult]) {
             0,
             Some(true),
         ),
+        (
+            "storage bytes on disk per msg",
+            Box::new(move |r| storage(r).map(|s| s.bytes_per_message)),
+            0,
+            Some(false),
+        ),
+        (
+            "storage growth bytes per msg",
+            Box::new(move |r| storage(r).map(|s| s.growth_per_message)),
+            0,
+            Some(false),
+        ),
     ];
     println!();
     println!(
-        "| {:<32} | {:>10} | {:>10} | {:>10} | {:>12} | {:>13} |",
-        "metric", "Confab", "Prosody", "ejabberd", "vs Prosody", "vs ejabberd"
+        "| {:<32} | {:>10} | {:>10} | {:>10} | {:>10} | {:>12} | {:>13} |",
+        "metric", "Confab", "no archive", "Prosody", "ejabberd", "vs Prosody", "vs ejabberd"
     );
     println!(
-        "|{:-<34}|{:->12}|{:->12}|{:->12}|{:->14}|{:->15}|",
-        "", "", "", "", "", ""
+        "|{:-<34}|{:->12}|{:->12}|{:->12}|{:->12}|{:->14}|{:->15}|",
+        "", "", "", "", "", "", ""
     );
     for (name, f, prec, hib) in &rows {
         let c = metric(Kind::Confab, f.as_ref());
+        let n = metric(Kind::ConfabNomam, f.as_ref());
         let p = metric(Kind::Prosody, f.as_ref());
         let e = metric(Kind::Ejabberd, f.as_ref());
         println!(
-            "| {:<32} | {:>10} | {:>10} | {:>10} | {:>12} | {:>13} |",
+            "| {:<32} | {:>10} | {:>10} | {:>10} | {:>10} | {:>12} | {:>13} |",
             name,
             cell(c, *prec),
+            cell(n, *prec),
             cell(p, *prec),
             cell(e, *prec),
             hib.map(|h| ratio(c, p, h)).unwrap_or_default(),
             hib.map(|h| ratio(c, e, h)).unwrap_or_default()
         );
     }
-    for k in [Kind::Confab, Kind::Prosody, Kind::Ejabberd] {
-        if let Some(r) = get(k) {
-            let f = &r.features;
-            println!(
-                "{}: archive {}; carbons {}; offline {}; storage {}{}",
-                r.version.trim(),
-                f.archive,
-                f.carbons,
-                f.offline,
-                f.storage,
-                r.error
-                    .as_deref()
-                    .map(|e| format!("; ERROR: {e}"))
-                    .unwrap_or_default()
-            );
+    println!("(Confab: archive on; no archive: Confab with [mam] enabled = false; ratios are Confab with its archive on against the peer)");
+    for r in results {
+        let f = &r.features;
+        let sm = r
+            .chat
+            .as_ref()
+            .map(|c| (c.sm_sessions, c.users))
+            .or(r.connect.as_ref().map(|c| (c.sm_sessions, c.connections)))
+            .map(|(on, of)| format!(" (enabled on {on} of {of} sessions)"))
+            .unwrap_or_default();
+        println!(
+            "{}: archive {}; carbons {}; stream management {}{sm}; offline {}; storage {}{}",
+            r.version.trim(),
+            f.archive,
+            f.carbons,
+            f.stream_management,
+            f.offline,
+            f.storage,
+            r.error
+                .as_deref()
+                .map(|e| format!("; ERROR: {e}"))
+                .unwrap_or_default()
+        );
+    }
+    for r in results {
+        if let Some(c) = &r.chat {
+            print_steps(&format!("chat steps, {}", r.server.name()), c);
         }
     }
     for r in results {
-        let Some(c) = &r.chat else { continue };
-        println!();
-        println!("chat steps, {} ({} users):", r.server.name(), c.users);
-        println!("| offered/s | delivered/s |   p50 ms |   p99 ms |   max ms | lost | server CPU % | loadgen CPU % |");
-        for s in &c.steps {
-            println!(
-                "| {:>9} | {:>11.0} | {:>8.1} | {:>8.1} | {:>8.1} | {:>4} | {:>12.0} | {:>13.0} |",
-                s.offered_per_sec,
-                s.delivered_per_sec,
-                s.p50_ms,
-                s.p99_ms,
-                s.max_ms,
-                s.lost,
-                s.server_cpu_percent,
-                s.loadgen_cpu_percent
-            );
+        if let Some(m) = &r.mam {
+            print_mam(r.server, m);
         }
+    }
+}
+
+fn print_steps(title: &str, c: &ChatResult) {
+    println!();
+    println!("{title} ({} users):", c.users);
+    println!("| offered/s | delivered/s |   p50 ms |   p99 ms |   max ms | lost | server CPU % | loadgen CPU % |");
+    for s in &c.steps {
+        println!(
+            "| {:>9} | {:>11.0} | {:>8.1} | {:>8.1} | {:>8.1} | {:>4} | {:>12.0} | {:>13.0} |",
+            s.offered_per_sec,
+            s.delivered_per_sec,
+            s.p50_ms,
+            s.p99_ms,
+            s.max_ms,
+            s.lost,
+            s.server_cpu_percent,
+            s.loadgen_cpu_percent
+        );
+    }
+}
+
+fn print_mam(kind: Kind, m: &MamResult) {
+    println!();
+    println!(
+        "archive queries, {} ({} messages archived among {} users, {:.0}/s while archiving; {} messages in each querying user's archive):",
+        kind.name(),
+        m.archived_messages,
+        m.populated.users,
+        m.populated.per_sec,
+        m.per_user_archive
+    );
+    println!(
+        "| {:<40} | {:>7} | {:>8} | {:>8} | {:>8} | {:>6} | {:>5} |",
+        "query", "queries", "p50 ms", "p99 ms", "max ms", "errors", "short"
+    );
+    for (name, q) in [
+        ("last 50 messages with a contact", &m.last_page),
+        ("page of 50 in a walk through an archive", &m.page_walk),
+    ] {
+        println!(
+            "| {:<40} | {:>7} | {:>8.2} | {:>8.2} | {:>8.2} | {:>6} | {:>5} |",
+            name, q.queries, q.p50_ms, q.p99_ms, q.max_ms, q.errors, q.short
+        );
+        if let Some(e) = &q.first_error {
+            println!("  first error: {e}");
+        }
+    }
+    println!("(target: p99 < 10 ms for a page of 50)");
+    println!(
+        "storage: {:.1} MiB, {:.0} bytes per archived message",
+        m.storage_bytes as f64 / 1048576.0,
+        m.storage_bytes_per_message
+    );
+    let rate = |c: &Option<ChatResult>| c.as_ref().map(|c| c.max_sustainable_per_sec as f64);
+    println!(
+        "max sustainable chat msgs/s: {} on an empty archive, {} at {} archived messages: {} (target: within 20%)",
+        cell(rate(&m.chat_empty), 0),
+        cell(rate(&m.chat_full), 0),
+        m.archived_messages,
+        m.chat_ratio
+            .map(|r| format!("{:.0}% of the empty archive's rate", r * 100.0))
+            .unwrap_or_else(|| "-".into())
+    );
+    if let Some(e) = &m.error {
+        println!("ERROR: {e}");
+    }
+    if let Some(c) = &m.chat_empty {
+        print_steps(&format!("chat steps, {}, empty archive", kind.name()), c);
+    }
+    if let Some(c) = &m.chat_full {
+        print_steps(&format!("chat steps, {}, full archive", kind.name()), c);
     }
 }
 
@@ -359,12 +536,26 @@ fn print_table(results: &[TargetResult]) {
 async fn main() {
     let args = Args::parse();
     raise_fd_limit();
-    let kinds: Vec<Kind> = match args.target {
-        Which::Confab => vec![Kind::Confab],
-        Which::Prosody => vec![Kind::Prosody],
-        Which::Ejabberd => vec![Kind::Ejabberd],
-        Which::All => vec![Kind::Confab, Kind::Prosody, Kind::Ejabberd],
-    };
+    let mut kinds: Vec<Kind> = Vec::new();
+    for w in &args.target {
+        let add: &[Kind] = match w {
+            Which::Confab => &[Kind::Confab],
+            Which::ConfabNomam => &[Kind::ConfabNomam],
+            Which::Prosody => &[Kind::Prosody],
+            Which::Ejabberd => &[Kind::Ejabberd],
+            Which::All => &[
+                Kind::Confab,
+                Kind::ConfabNomam,
+                Kind::Prosody,
+                Kind::Ejabberd,
+            ],
+        };
+        for k in add {
+            if !kinds.contains(k) {
+                kinds.push(*k);
+            }
+        }
+    }
     let work = std::env::temp_dir().join(format!("confab-bench-{}", std::process::id()));
     if let Err(e) = std::fs::create_dir_all(&work) {
         eprintln!("cannot create {}: {e}", work.display());

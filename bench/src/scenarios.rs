@@ -1,16 +1,84 @@
-//! The two scenarios: `connect` (logins, then idle connections) and `chat`
-//! (pairs exchanging messages at stepped rates).
+//! The scenarios `connect` (logins, then idle connections) and `chat`
+//! (pairs exchanging messages at stepped rates), and what they share with
+//! the `mam` scenario (in mam.rs): logins in bulk and session readers that
+//! answer stream management's acknowledgement requests.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::Semaphore;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, WriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinHandle;
+use tokio_rustls::client::TlsStream;
 
 use crate::client::{self, Mech, Session, Target};
 use crate::targets::{self, Running, PASSWORD};
+
+/// The writing half of a session, shared by its senders and its reader
+/// (which acknowledges through it).
+pub type Writer = Arc<tokio::sync::Mutex<WriteHalf<TlsStream<TcpStream>>>>;
+
+/// A task aborted when this is dropped.
+pub struct Task(pub JoinHandle<()>);
+
+impl Drop for Task {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Split a session into its shared writer and a task that reads it: every
+/// byte goes to stream management (whose `<r/>` are answered, through the
+/// writer, by a second task, so that the reader never waits on a sender)
+/// and the unconsumed bytes to `scan`, which returns how many of them it
+/// consumed.
+pub fn split_session(
+    s: Session,
+    mut scan: impl FnMut(&[u8]) -> usize + Send + 'static,
+) -> (Writer, Task) {
+    let (stream, mut buf, mut sm) = s.into_parts();
+    let (mut rd, wr) = tokio::io::split(stream);
+    let wr: Writer = Arc::new(tokio::sync::Mutex::new(wr));
+    let due = Arc::new(Notify::new());
+    let ack_h = Arc::new(AtomicU32::new(0));
+    let acker = {
+        let (wr, due, ack_h) = (wr.clone(), due.clone(), ack_h.clone());
+        Task(tokio::spawn(async move {
+            loop {
+                due.notified().await;
+                let a = client::ack(ack_h.load(Ordering::Acquire));
+                if wr.lock().await.write_all(a.as_bytes()).await.is_err() {
+                    break;
+                }
+            }
+        }))
+    };
+    let reader = tokio::spawn(async move {
+        let _acker = acker;
+        let mut chunk = vec![0u8; 32768];
+        loop {
+            if let Some(h) = sm.as_mut().and_then(client::Sm::take_request) {
+                ack_h.store(h, Ordering::Release);
+                due.notify_one();
+            }
+            let used = scan(&buf);
+            buf.drain(..used);
+            match rd.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if let Some(sm) = &mut sm {
+                        sm.feed(&chunk[..n]);
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+            }
+        }
+    });
+    (wr, Task(reader))
+}
 
 /// Source addresses for client connections: 127.0.1.x, so that more than
 /// one address's worth of ephemeral ports (~28,000) is available.
@@ -22,6 +90,8 @@ pub fn source(i: usize) -> IpAddr {
 pub struct ConnectResult {
     pub connections: usize,
     pub failed: usize,
+    /// Sessions with stream management enabled.
+    pub sm_sessions: usize,
     pub first_error: Option<String>,
     pub seconds: f64,
     pub logins_per_sec: f64,
@@ -52,15 +122,17 @@ pub async fn register_all(t: &Target, n: usize, concurrency: usize) -> Result<()
     Ok(())
 }
 
-/// Log in users `range` with at most `concurrency` logins in flight.
-async fn login_many(
+/// Log in users `range` with at most `concurrency` logins in flight;
+/// each session is handed to `then` as soon as it is logged in.
+pub async fn login_many<T: Send + 'static>(
     t: &Target,
     range: std::ops::Range<usize>,
     mech: Mech,
     concurrency: usize,
     presence: bool,
     carbons: bool,
-) -> Vec<Result<Session, String>> {
+    then: fn(Session) -> T,
+) -> Vec<Result<T, String>> {
     let sem = Arc::new(Semaphore::new(concurrency));
     let mut tasks = Vec::with_capacity(range.len());
     for i in range {
@@ -82,6 +154,7 @@ async fn login_many(
             )
             .await;
             r.unwrap_or_else(|_| Err("login timed out (60 s)".into()))
+                .map(then)
         }));
     }
     let mut out = Vec::with_capacity(tasks.len());
@@ -92,7 +165,7 @@ async fn login_many(
 }
 
 /// Wait until the server uses under 10% of a core (bounded to 30 s).
-async fn wait_quiet(server: &Running) {
+pub async fn wait_quiet(server: &Running) {
     let t0 = Instant::now();
     let mut quiet = 0;
     let mut last = server.cpu_ms();
@@ -120,7 +193,13 @@ pub async fn connect(
     let cpu0 = server.cpu_ms();
     let self0 = targets::proc_cpu_ms("self");
     let t0 = Instant::now();
-    let results = login_many(t, 0..n, mech, concurrency, true, false).await;
+    // Each session is held by a task that reads it (answering stream
+    // management's <r/>: ejabberd closes a connection that leaves one
+    // unanswered for a minute).
+    let results = login_many(t, 0..n, mech, concurrency, true, false, |s| {
+        (s.sm_enabled(), Task(tokio::spawn(s.hold())))
+    })
+    .await;
     let secs = t0.elapsed().as_secs_f64();
     let cpu = server.cpu_ms().saturating_sub(cpu0);
     let self_cpu = targets::proc_cpu_ms("self").saturating_sub(self0);
@@ -131,10 +210,18 @@ pub async fn connect(
     wait_quiet(server).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_idle = server.rss_kib();
-    let sessions: Vec<Session> = results.into_iter().filter_map(Result::ok).collect();
+    let sm_sessions = results
+        .iter()
+        .filter(|r| matches!(r, Ok((true, _))))
+        .count();
+    let sessions: Vec<Task> = results
+        .into_iter()
+        .filter_map(|r| r.ok().map(|(_, t)| t))
+        .collect();
     let r = ConnectResult {
         connections: ok,
         failed,
+        sm_sessions,
         first_error,
         seconds: secs,
         logins_per_sec: ok as f64 / secs,
@@ -171,9 +258,36 @@ pub struct ChatResult {
     pub step_secs: u64,
     pub login_failures: usize,
     pub first_error: Option<String>,
+    /// Sessions with stream management enabled.
+    pub sm_sessions: usize,
     pub steps: Vec<Step>,
     /// Highest offered rate with p99 < 50 ms and nothing lost.
     pub max_sustainable_per_sec: u64,
+    /// What the server stored, measured after it stopped (set by the
+    /// caller).
+    pub storage: Option<Storage>,
+}
+
+/// The server's storage directory (see `Running::storage_dir`) before and
+/// after a chat run.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Storage {
+    pub dir: String,
+    pub bytes_before: u64,
+    pub bytes_after: u64,
+    /// Messages delivered in the run.
+    pub messages: u64,
+    /// bytes_after / messages.
+    pub bytes_per_message: f64,
+    /// (bytes_after - bytes_before) / messages.
+    pub growth_per_message: f64,
+}
+
+impl ChatResult {
+    /// Messages delivered over all steps.
+    pub fn delivered(&self) -> u64 {
+        self.steps.iter().map(|s| s.delivered).sum()
+    }
 }
 
 /// Per-step counters shared by the readers.
@@ -254,16 +368,22 @@ pub async fn chat(
     step_secs: u64,
 ) -> ChatResult {
     let users = users & !1;
-    let results = login_many(t, 0..users, mech, concurrency, true, true).await;
+    let results = login_many(t, 0..users, mech, concurrency, true, true, |s| s).await;
     let login_failures = results.iter().filter(|r| r.is_err()).count();
     let first_error = results.iter().find_map(|r| r.as_ref().err().cloned());
+    let sm_sessions = results
+        .iter()
+        .filter(|r| matches!(r, Ok(s) if s.sm_enabled()))
+        .count();
     let mut result = ChatResult {
         users,
         step_secs,
         login_failures,
         first_error,
+        sm_sessions,
         steps: Vec::new(),
         max_sustainable_per_sec: 0,
+        storage: None,
     };
     if login_failures > 0 {
         return result;
@@ -278,21 +398,10 @@ pub async fn chat(
     let mut writers = Vec::with_capacity(users);
     let mut readers = Vec::with_capacity(users);
     for (me, s) in sessions.into_iter().enumerate() {
-        let (mut rd, wr) = tokio::io::split(s.stream);
-        writers.push(Arc::new(tokio::sync::Mutex::new(wr)));
         let stats = stats.clone();
-        let mut buf = s.buf;
-        readers.push(tokio::spawn(async move {
-            let mut chunk = vec![0u8; 32768];
-            loop {
-                let used = scan(&buf, me, epoch, &stats);
-                buf.drain(..used);
-                match rd.read(&mut chunk).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                }
-            }
-        }));
+        let (wr, reader) = split_session(s, move |buf| scan(buf, me, epoch, &stats));
+        writers.push(wr);
+        readers.push(reader);
     }
     // Settle: let the server finish what the logins started (presence,
     // carbons, archive preferences) before measuring anything.
@@ -392,8 +501,6 @@ pub async fn chat(
         let mut w = w.lock().await;
         let _ = w.write_all(b"</stream:stream>").await;
     }
-    for r in readers {
-        r.abort();
-    }
+    drop(readers);
     result
 }

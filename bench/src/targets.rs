@@ -1,7 +1,9 @@
 //! Starting and stopping the servers under test, each with a fresh data
 //! directory on its own loopback address, the same ECDSA certificate type,
-//! TLS required, offline storage, carbons and the message archive on (where
-//! the server has them), and nothing that would throttle the run.
+//! TLS required, offline storage, carbons, stream management and the
+//! message archive on, and nothing that would throttle the run. One
+//! target, `confab-nomam`, is Confab with its archive turned off, to show
+//! what archiving costs.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -12,9 +14,11 @@ use hmac::{Hmac, Mac};
 use sha1::{Digest, Sha1};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum Kind {
     Confab,
+    /// Confab with `[mam] enabled = false`.
+    ConfabNomam,
     Prosody,
     Ejabberd,
 }
@@ -23,6 +27,7 @@ impl Kind {
     pub fn name(self) -> &'static str {
         match self {
             Kind::Confab => "confab",
+            Kind::ConfabNomam => "confab-nomam",
             Kind::Prosody => "prosody",
             Kind::Ejabberd => "ejabberd",
         }
@@ -30,7 +35,7 @@ impl Kind {
 
     pub fn domain(self) -> &'static str {
         match self {
-            Kind::Confab => "confab.test",
+            Kind::Confab | Kind::ConfabNomam => "confab.test",
             Kind::Prosody => "prosody.test",
             Kind::Ejabberd => "ejabberd.test",
         }
@@ -38,7 +43,7 @@ impl Kind {
 
     fn ip(self) -> &'static str {
         match self {
-            Kind::Confab => "127.0.0.10",
+            Kind::Confab | Kind::ConfabNomam => "127.0.0.10",
             Kind::Prosody => "127.0.0.11",
             Kind::Ejabberd => "127.0.0.12",
         }
@@ -52,20 +57,30 @@ impl Kind {
     pub fn features(self) -> Features {
         match self {
             Kind::Confab => Features {
-                archive: "none (Confab has no MAM yet)",
+                archive: "built in (XEP-0313), sled",
                 carbons: "built in (XEP-0280)",
+                stream_management: "built in (XEP-0198)",
+                offline: "on",
+                storage: "sled, fsync before ack",
+            },
+            Kind::ConfabNomam => Features {
+                archive: "off ([mam] enabled = false)",
+                carbons: "built in (XEP-0280)",
+                stream_management: "built in (XEP-0198)",
                 offline: "on",
                 storage: "sled, fsync before ack",
             },
             Kind::Prosody => Features {
-                archive: "mod_mam (internal storage)",
+                archive: "mod_mam (internal storage), archiving by default",
                 carbons: "mod_carbons",
+                stream_management: "mod_smacks",
                 offline: "on",
                 storage: "internal (files)",
             },
             Kind::Ejabberd => Features {
-                archive: "mod_mam (Mnesia)",
+                archive: "mod_mam (Mnesia), default: always",
                 carbons: "mod_carboncopy",
+                stream_management: "mod_stream_mgmt",
                 offline: "on",
                 storage: "Mnesia",
             },
@@ -77,6 +92,7 @@ impl Kind {
 pub struct Features {
     pub archive: &'static str,
     pub carbons: &'static str,
+    pub stream_management: &'static str,
     pub offline: &'static str,
     pub storage: &'static str,
 }
@@ -109,6 +125,8 @@ fn run_script(work: &Path, kind: Kind, args: &[&str]) -> Result<String, String> 
         .args(args)
         .env("INTEROP_DIR", work.join("peers"))
         .env("CERT_KEY", "ec")
+        // The archive on, archiving every one-to-one message (Prosody:
+        // default_archive_policy = true; ejabberd: default: always).
         .env("PROSODY_MAM", "1")
         .env("PROSODY_LOGLEVEL", "warn")
         .env("EJABBERD_MAM", "1")
@@ -258,7 +276,7 @@ impl Running {
             ));
         }
         match kind {
-            Kind::Confab => {
+            Kind::Confab | Kind::ConfabNomam => {
                 let bin = confab_binary()?;
                 let certs = work.join("certs");
                 let out = Command::new(peers_dir().join("cert.sh"))
@@ -282,7 +300,9 @@ impl Running {
                          [tls]\ncert = \"{certs}/{domain}.crt\"\nkey = \"{certs}/{domain}.key\"\n\
                          [limits]\nc2s_bytes_per_sec = 104857600\nsession_queue = 8192\nmax_connections_per_ip = 0\n\
                          auth_failures_per_ip = 1000000\nnegotiation_timeout_secs = 120\n\
+                         [mam]\nenabled = {mam}\n\
                          [log]\nlevel = \"warn\"\n",
+                        mam = kind == Kind::Confab,
                         domain = kind.domain(),
                         data = data.display(),
                         addr = kind.addr(),
@@ -351,6 +371,17 @@ impl Running {
                     work,
                 })
             }
+        }
+    }
+
+    /// Where the server keeps what it stores (the archive among the
+    /// rest): Confab's database, Prosody's storage for the host, the
+    /// Mnesia directory of ejabberd.
+    pub fn storage_dir(&self) -> PathBuf {
+        match self.kind {
+            Kind::Confab | Kind::ConfabNomam => self.work.join("data/db"),
+            Kind::Prosody => self.work.join("peers/prosody/data/prosody%2etest"),
+            Kind::Ejabberd => self.work.join("peers/ejabberd/spool"),
         }
     }
 
@@ -443,4 +474,22 @@ pub fn proc_cpu_ms(pid: &str) -> u64 {
     let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
         + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
     ticks * 1000 / clock_ticks()
+}
+
+/// Bytes a directory tree takes on disk (allocated blocks; 0 if absent).
+pub fn disk_bytes(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut total = 0;
+    for e in entries.flatten() {
+        let Ok(md) = e.metadata() else { continue };
+        if md.is_dir() {
+            total += disk_bytes(&e.path());
+        } else {
+            total += md.blocks() * 512;
+        }
+    }
+    total
 }
