@@ -33,6 +33,8 @@ pub struct Ctx {
     pub registry: Registry,
     /// Offline-message deliveries in progress.
     pub offline_drains: crate::modules::offline::Drains,
+    /// Stream-managed sessions that may be resumed (XEP-0198).
+    pub resumable: crate::c2s::sm::Resumable,
     pub tls: TlsSetup,
     pub throttle: AuthThrottle,
     /// Reading limits of an authenticated stream.
@@ -186,6 +188,7 @@ impl ServerHandle {
             sessions: Sessions::new(),
             registry: crate::modules::registry(),
             offline_drains: Default::default(),
+            resumable: Default::default(),
             tls,
             shutdown: shutdown_rx,
             conns: ConnTracker::default(),

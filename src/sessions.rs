@@ -168,6 +168,10 @@ struct Shared {
     killed: AtomicBool,
     /// The session stopped taking deliveries.
     closed: AtomicBool,
+    /// The connection is gone and the session waits to be resumed
+    /// (XEP-0198): deliveries wait, the idle sweeper leaves it alone, and
+    /// it takes no offline drain.
+    parked: AtomicBool,
     /// When the client last sent anything (server clock seconds), and when
     /// the idle sweeper pinged it (0: not pinged since).
     last_rx: AtomicU64,
@@ -268,6 +272,9 @@ impl Mailbox {
     /// seconds; `Ping` also records the ping.
     pub fn idle_check(&self, now: u64, idle: u64) -> Idle {
         let sh = &self.shared;
+        if sh.parked.load(Ordering::Acquire) {
+            return Idle::Active;
+        }
         let pinged = sh.pinged_at.load(Ordering::Acquire);
         if pinged != 0 {
             return if now.saturating_sub(pinged) >= idle {
@@ -283,9 +290,12 @@ impl Mailbox {
         Idle::Active
     }
 
-    /// Whether the session still takes deliveries.
+    /// Whether the session still takes deliveries and has a connection to
+    /// write them to.
     pub fn is_open(&self) -> bool {
-        !self.shared.closed.load(Ordering::Acquire) && !self.shared.killed.load(Ordering::Acquire)
+        !self.shared.closed.load(Ordering::Acquire)
+            && !self.shared.killed.load(Ordering::Acquire)
+            && !self.shared.parked.load(Ordering::Acquire)
     }
 }
 
@@ -361,6 +371,12 @@ impl Inbox {
         self.shared.pinged_at.store(0, Ordering::Release);
     }
 
+    /// The connection went away and the session waits to be resumed
+    /// (`true`), or it has a connection again (`false`).
+    pub fn set_parked(&self, parked: bool) {
+        self.shared.parked.store(parked, Ordering::Release);
+    }
+
     /// Take no more deliveries (they fail and return to their senders).
     pub fn close(&self) {
         let _q = self.shared.queue.lock().unwrap_or_else(|p| p.into_inner());
@@ -395,6 +411,7 @@ pub fn mailbox(id: u64, capacity: usize, capacity_bytes: usize, now: u64) -> (Ma
         ready: Notify::new(),
         killed: AtomicBool::new(false),
         closed: AtomicBool::new(false),
+        parked: AtomicBool::new(false),
         last_rx: AtomicU64::new(now),
         pinged_at: AtomicU64::new(0),
     });

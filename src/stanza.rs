@@ -175,6 +175,20 @@ pub fn random_id(bytes: usize) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
 }
 
+/// Keep only the child elements of `el` for which `keep` is true (text
+/// and the order of what stays are kept).
+pub fn retain_children(el: &mut Element, keep: impl Fn(&Element) -> bool) {
+    if el.children().all(&keep) {
+        return;
+    }
+    for node in el.take_nodes() {
+        match &node {
+            minidom::Node::Element(c) if !keep(c) => {}
+            _ => el.append_node(node),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,19 +212,5 @@ mod tests {
         assert_eq!(e.attr("type"), Some("cancel"));
         assert!(e.has_child("service-unavailable", ns::STANZAS));
         assert!(error_reply(&r, simple_error(DefinedCondition::BadRequest, None)).is_none());
-    }
-}
-
-/// Keep only the child elements of `el` for which `keep` is true (text
-/// and the order of what stays are kept).
-pub fn retain_children(el: &mut Element, keep: impl Fn(&Element) -> bool) {
-    if el.children().all(&keep) {
-        return;
-    }
-    for node in el.take_nodes() {
-        match &node {
-            minidom::Node::Element(c) if !keep(c) => {}
-            _ => el.append_node(node),
-        }
     }
 }

@@ -12,8 +12,10 @@ use crate::net::conn::XmlConn;
 use crate::server::Ctx;
 use crate::store::BoxFuture;
 
+mod csi;
 mod negotiate;
 mod session;
+pub mod sm;
 
 /// Per-session state the router and presence logic need.
 pub struct ClientState {
@@ -38,6 +40,10 @@ pub struct ClientState {
     /// Work done at the pace the client reads (see [`Backlog`]).
     #[allow(clippy::box_collection)]
     work: Option<Box<VecDeque<Box<dyn Backlog>>>>,
+    /// Stream management, once the client enabled it.
+    pub(crate) sm: Option<Box<sm::Sm>>,
+    /// Client state indication: what is held while the client is inactive.
+    pub(crate) csi: Option<Box<csi::Held>>,
 }
 
 impl ClientState {
@@ -52,6 +58,8 @@ impl ClientState {
             offline_started: false,
             directed: None,
             work: None,
+            sm: None,
+            csi: None,
         }
     }
 
@@ -147,6 +155,15 @@ pub(crate) async fn close_with_error(
     out.extend_from_slice(crate::xml::writer::STREAM_CLOSE);
     // Bounded: a peer that does not read must not hold the task for the
     // full write timeout just to be told goodbye.
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, conn.write_all(&out)).await;
+    conn.shutdown().await;
+}
+
+/// Send a prepared stream error element and close.
+pub(crate) async fn close_with_element(conn: &mut XmlConn, el: &minidom::Element) {
+    let mut out = Vec::new();
+    crate::xml::writer::write_stream_element(el, &mut out);
+    out.extend_from_slice(crate::xml::writer::STREAM_CLOSE);
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, conn.write_all(&out)).await;
     conn.shutdown().await;
 }

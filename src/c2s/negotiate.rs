@@ -22,6 +22,12 @@ use crate::xml::{ns, writer, Frame, ReadError, StreamHeader};
 pub struct Bound {
     pub state: ClientState,
     pub inbox: Inbox,
+    /// Stanzas taken from the mailbox and not yet written (while the
+    /// session had no connection, or when a write failed).
+    pub pending: Vec<crate::sessions::Queued>,
+    /// Set when the session was just resumed (XEP-0198): the `h` the
+    /// client sent.
+    pub resumed: Option<u32>,
 }
 
 /// How negotiation ended without a session.
@@ -258,6 +264,8 @@ impl Negotiation {
             }
         } else {
             f.append_child(Element::bare("bind", ns::BIND));
+            f.append_child(Element::bare("sm", ns::SM));
+            f.append_child(Element::bare("csi", ns::CSI));
             let mut session = Element::bare("session", ns::SESSION);
             session.append_child(Element::bare("optional", ns::SESSION));
             f.append_child(session);
@@ -584,6 +592,18 @@ impl Negotiation {
             let is_bind = el.is("iq", ns::CLIENT)
                 && el.attr("type") == Some("set")
                 && el.has_child("bind", ns::BIND);
+            if el.is("resume", ns::SM) {
+                if let Some(b) = self.resume(ctx, conn, &bare, &el).await? {
+                    return Ok(b);
+                }
+                continue;
+            }
+            if el.is("enable", ns::SM) {
+                // XEP-0198 §3: stream management is enabled after binding.
+                self.send(conn, &crate::c2s::sm::failed("unexpected-request", None))
+                    .await?;
+                continue;
+            }
             if !is_bind {
                 if Kind::of(&el).is_some() {
                     return Err(fail(
@@ -675,7 +695,39 @@ impl Negotiation {
             return Ok(Box::new(Bound {
                 state: ClientState::new(full, id_no, self.lang.clone()),
                 inbox,
+                pending: Vec::new(),
+                resumed: None,
             }));
+        }
+    }
+
+    /// `<resume/>` (XEP-0198 §5) instead of binding: take the session over
+    /// if it exists, is the same account's, and is still waiting (or still
+    /// connected: its old connection is then closed). Otherwise
+    /// `<failed/>`, and the client may bind a new resource.
+    async fn resume(
+        &mut self,
+        ctx: &Arc<Ctx>,
+        conn: &mut XmlConn,
+        bare: &BareJid,
+        el: &Element,
+    ) -> Result<Option<Box<Bound>>, Fail> {
+        let previd = el.attr("previd").unwrap_or("");
+        let Some(h) = el.attr("h").and_then(|h| h.parse::<u32>().ok()) else {
+            self.send(conn, &crate::c2s::sm::failed("bad-request", None))
+                .await?;
+            return Ok(None);
+        };
+        match ctx.resumable.take(previd, bare).await {
+            Some(mut b) => {
+                b.resumed = Some(h);
+                Ok(Some(b))
+            }
+            None => {
+                self.send(conn, &crate::c2s::sm::failed("item-not-found", None))
+                    .await?;
+                Ok(None)
+            }
         }
     }
 }

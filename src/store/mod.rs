@@ -378,13 +378,17 @@ pub trait ArchiveStore: Send + Sync {
     /// A new id: later than every id handed out before, by this process or
     /// an earlier one; close to the current time in microseconds.
     fn next_id(&self) -> u64;
-    /// Write a message. It is visible to queries when this returns, and on
-    /// disk once a following [`ArchiveStore::sync`] resolves (one flush
-    /// for every message appended meanwhile: group commit).
-    fn append(&self, w: ArchiveWrite) -> StoreResult<()>;
+    /// Queue a message for writing (waiting only while the write queue is
+    /// full). A later [`ArchiveStore::barrier`] or query sees it; it is on
+    /// disk once a later [`ArchiveStore::sync`] resolves (one flush for
+    /// every message appended meanwhile: group commit).
+    fn append(&self, w: ArchiveWrite) -> BoxFuture<'_, StoreResult<()>>;
+    /// Resolves once everything appended before the call is written.
+    fn barrier(&self) -> BoxFuture<'_, StoreResult<()>>;
     /// Resolves once everything appended before the call is on disk.
     fn sync(&self) -> BoxFuture<'_, StoreResult<()>>;
-    /// Run a query (off the async workers).
+    /// Run a query (off the async workers); it sees every message appended
+    /// before it.
     fn query(&self, q: ArchiveQuery) -> BoxFuture<'_, StoreResult<ArchivePage>>;
     /// Whether `user`'s archive holds `id`.
     fn contains(&self, user: &BareJid, id: u64) -> StoreResult<bool>;

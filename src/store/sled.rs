@@ -44,6 +44,11 @@ pub struct SledStore {
     pub(super) archive: sled::Tree,
     /// The archive's id clock (see `sled_archive.rs`).
     pub(super) archive_clock: super::sled_archive::IdClock,
+    pub(super) archive_writer: super::sled_archive::Writer,
+    /// Where large archived messages are kept, one file each.
+    pub(super) archive_files: std::sync::Arc<std::path::PathBuf>,
+    /// Large messages' files written since the last sync.
+    pub(super) archive_unsynced: Mutex<Vec<std::path::PathBuf>>,
     flusher: Mutex<Option<std_mpsc::Sender<Waiter>>>,
     flusher_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -53,6 +58,7 @@ impl Drop for SledStore {
     /// gone and the directory can be opened again at once (a restart in
     /// the same process, as tests do).
     fn drop(&mut self) {
+        self.archive_writer.stop();
         if let Ok(mut f) = self.flusher.lock() {
             f.take();
         }
@@ -157,6 +163,10 @@ impl SledStore {
                 }
             })?;
         let archive = db.open_tree("archive").map_err(e)?;
+        let archive_files = dir.join("archive");
+        std::fs::create_dir_all(&archive_files).map_err(|err| {
+            StoreError(format!("cannot create {}: {err}", archive_files.display()))
+        })?;
         let (tx, rx) = std_mpsc::channel::<Waiter>();
         let fdb = db.clone();
         let thread = std::thread::Builder::new()
@@ -171,6 +181,9 @@ impl SledStore {
             userdata: db.open_tree("userdata").map_err(e)?,
             usage: db.open_tree("usage").map_err(e)?,
             archive_clock: super::sled_archive::IdClock::open(&archive)?,
+            archive_writer: super::sled_archive::Writer::start(&archive)?,
+            archive_files: std::sync::Arc::new(archive_files),
+            archive_unsynced: Mutex::new(Vec::new()),
             archive,
             db,
             flusher: Mutex::new(Some(tx)),
@@ -296,6 +309,7 @@ impl AccountStore for SledStore {
             for tree in [&self.roster, &self.offline, &self.userdata, &self.usage] {
                 Self::remove_prefix(tree, &prefix)?;
             }
+            self.archive_writer_barrier().await?;
             self.remove_archive_view(jid)?;
             self.roster_ver.remove(user.as_bytes()).map_err(e)?;
             self.accounts.remove(user.as_bytes()).map_err(e)?;

@@ -12,12 +12,31 @@
 //!   index, which answers queries without `with` and holds the user's view.
 //! - `M` `hwm` → a high-water mark of the id clock.
 //!
+//! A message larger than 32 KiB is kept out of the tree, in a file of its
+//! own under `archive/` in the data directory (named by its id, written
+//! by the sender's task before its record is queued, synced by the next
+//! `sync` with the tree), and its
+//! record says so (bit 7 of the header). sled keeps up to 16 entries in a
+//! leaf and rewrites leaves as they change: large values inside it would
+//! be copied over and over, and one user's flood of large messages would
+//! slow everyone's archive.
+//!
+//! Writes go through one writer thread: a message's entries are queued
+//! (bounded: a full queue makes writers wait) and the thread applies what
+//! queued up meanwhile as one batch, so the async workers never wait for
+//! sled and many messages cost one tree update. A barrier through the same
+//! queue lets a query see everything appended before it, and a XEP-0198
+//! acknowledgement wait for it to be on disk.
+//!
 //! Ids are microseconds since the Unix epoch, made unique by taking the
 //! next microsecond when two messages come in the same one. The clock
 //! never goes back across restarts: a mark some seconds ahead of the last
 //! id is kept on disk, and the clock starts after it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use tokio::sync::{mpsc, oneshot};
 
 use xmpp_parsers::jid::BareJid;
 
@@ -28,6 +47,102 @@ use super::{StoreError, StoreResult};
 const HWM_KEY: &[u8] = b"Mhwm";
 /// How far ahead of the ids the mark on disk is kept (microseconds).
 const HWM_AHEAD: u64 = 10_000_000;
+
+/// Entries of one message, or a barrier.
+enum Job {
+    Write(Vec<(Vec<u8>, Vec<u8>)>),
+    Barrier(oneshot::Sender<()>),
+}
+
+/// Jobs waiting for the writer thread at most.
+const QUEUE: usize = 8192;
+/// Most jobs applied as one batch.
+const MAX_GROUP: usize = 1024;
+
+pub(crate) struct Writer {
+    tx: Mutex<Option<mpsc::Sender<Job>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Writer {
+    pub(crate) fn start(tree: &sled::Tree) -> StoreResult<Writer> {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let tree = tree.clone();
+        let thread = std::thread::Builder::new()
+            .name("confab-archive".into())
+            .spawn(move || write_loop(tree, rx))
+            .map_err(e)?;
+        Ok(Writer {
+            tx: Mutex::new(Some(tx)),
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    fn sender(&self) -> StoreResult<mpsc::Sender<Job>> {
+        self.tx
+            .lock()
+            .map_err(|_| StoreError("archive writer lock poisoned".into()))?
+            .clone()
+            .ok_or_else(|| StoreError("store closed".into()))
+    }
+
+    async fn send(&self, job: Job) -> StoreResult<()> {
+        self.sender()?
+            .send(job)
+            .await
+            .map_err(|_| StoreError("archive writer stopped".into()))
+    }
+
+    /// Resolves once everything queued before is applied.
+    async fn barrier(&self) -> StoreResult<()> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Job::Barrier(tx)).await?;
+        rx.await
+            .map_err(|_| StoreError("archive writer stopped".into()))
+    }
+
+    /// Stop the thread once it applied what is queued.
+    pub(crate) fn stop(&self) {
+        if let Ok(mut t) = self.tx.lock() {
+            t.take();
+        }
+        if let Ok(mut t) = self.thread.lock() {
+            if let Some(t) = t.take() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+fn write_loop(tree: sled::Tree, mut rx: mpsc::Receiver<Job>) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut batch = sled::Batch::default();
+        let mut barriers = Vec::new();
+        let mut next = Some(first);
+        let mut n = 0;
+        while let Some(job) = next.take() {
+            match job {
+                Job::Write(kvs) => {
+                    for (k, v) in kvs {
+                        batch.insert(k, v);
+                    }
+                }
+                Job::Barrier(b) => barriers.push(b),
+            }
+            n += 1;
+            if n >= MAX_GROUP {
+                break;
+            }
+            next = rx.try_recv().ok();
+        }
+        if let Err(err) = tree.apply_batch(batch) {
+            tracing::error!(error = %err, "archive write failed");
+        }
+        for b in barriers {
+            let _ = b.send(());
+        }
+    }
+}
 
 pub(crate) struct IdClock {
     last: AtomicU64,
@@ -156,13 +271,15 @@ fn decode_record(v: &[u8]) -> Option<Record<'_>> {
     })
 }
 
-fn archived(id: u64, r: &Record<'_>) -> Archived {
-    Archived {
-        id,
-        from: String::from_utf8_lossy(r.from).into_owned(),
-        to: String::from_utf8_lossy(r.to).into_owned(),
-        xml: String::from_utf8_lossy(r.xml).into_owned(),
-    }
+/// Messages larger than this are kept in files of their own.
+const LARGE: usize = 32 * 1024;
+/// Header bit: the message is in its file.
+const IN_FILE: u8 = 0x80;
+/// Header bits: which views hold the message.
+const VIEWS: u8 = 0x03;
+
+fn blob_path(dir: &std::path::Path, id: u64) -> std::path::PathBuf {
+    dir.join(format!("{id:016x}.xml"))
 }
 
 /// Whether `full` is the address `addr` (a full JID matches exactly).
@@ -182,10 +299,31 @@ enum Source {
     Index { prefix: Vec<u8> },
 }
 
-/// The archive tree, for reads that run off the async workers.
-struct Reader(sled::Tree);
+/// The archive tree (and the directory of large messages), for reads that
+/// run off the async workers.
+struct Reader(sled::Tree, std::sync::Arc<std::path::PathBuf>);
 
 impl Reader {
+    fn archived(&self, id: u64, r: &Record<'_>) -> Archived {
+        let xml = if r.bits & IN_FILE != 0 {
+            match std::fs::read(blob_path(&self.1, id)) {
+                Ok(v) => String::from_utf8_lossy(&v).into_owned(),
+                Err(err) => {
+                    tracing::error!(error = %err, id, "an archived message's file is unreadable");
+                    String::new()
+                }
+            }
+        } else {
+            String::from_utf8_lossy(r.xml).into_owned()
+        };
+        Archived {
+            id,
+            from: String::from_utf8_lossy(r.from).into_owned(),
+            to: String::from_utf8_lossy(r.to).into_owned(),
+            xml,
+        }
+    }
+
     /// The message `id` as `user` sees it, through the user's index.
     fn fetch_via_index(
         &self,
@@ -203,7 +341,7 @@ impl Reader {
         };
         Ok(decode_record(&v)
             .filter(|r| r.bits & bit != 0)
-            .map(|r| archived(id, &r)))
+            .map(|r| self.archived(id, &r)))
     }
 
     /// Candidate ids in [lo, hi] in order (reversed with `rev`), each
@@ -274,7 +412,7 @@ impl Reader {
                             return Ok(None);
                         }
                     }
-                    Ok(Some(fetch.then(|| archived(id, &r))))
+                    Ok(Some(fetch.then(|| self.archived(id, &r))))
                 }
                 Source::Index { .. } => {
                     if !fetch {
@@ -408,6 +546,10 @@ impl Reader {
 }
 
 impl SledStore {
+    pub(super) async fn archive_writer_barrier(&self) -> StoreResult<()> {
+        self.archive_writer.barrier().await
+    }
+
     /// An account is deleted: its view goes, and messages no view holds
     /// any more are removed from the logs.
     pub(super) fn remove_archive_view(&self, user: &BareJid) -> StoreResult<()> {
@@ -424,9 +566,13 @@ impl SledStore {
             let lk = with_id(&lp, id);
             let bit = owner_bit(user, user, &with);
             if let Some(v) = self.archive.get(&lk).map_err(e)? {
-                let rest = v.first().map_or(0, |b| b & !bit);
-                if rest == 0 {
+                let head = v.first().copied().unwrap_or(0);
+                let rest = head & !bit;
+                if rest & VIEWS == 0 {
                     batch.remove(lk);
+                    if head & IN_FILE != 0 {
+                        let _ = std::fs::remove_file(blob_path(&self.archive_files, id));
+                    }
                 } else {
                     let mut nv = v.to_vec();
                     nv[0] = rest;
@@ -443,52 +589,102 @@ impl ArchiveStore for SledStore {
         self.archive_clock.next()
     }
 
-    fn append(&self, w: ArchiveWrite) -> StoreResult<()> {
-        let (a, b) = (&w.pair.0, &w.pair.1);
-        let mut bits = 0u8;
-        for o in &w.owners {
-            bits |= owner_bit(o, a, b);
-        }
-        if bits == 0 {
-            return Ok(());
-        }
-        let prefix = pair_key(a, b);
-        let mut batch = sled::Batch::default();
-        batch.insert(
-            with_id(&prefix, w.id),
-            encode_record(bits, &w.from, &w.to, &w.xml),
-        );
-        for o in &w.owners {
-            let other = if o == a { b } else { a };
-            batch.insert(with_id(&user_prefix(o), w.id), other.as_str().as_bytes());
-            if a == b {
-                break;
+    fn append(&self, w: ArchiveWrite) -> BoxFuture<'_, StoreResult<()>> {
+        Box::pin(async move {
+            let (a, b) = (&w.pair.0, &w.pair.1);
+            let mut bits = 0u8;
+            for o in &w.owners {
+                bits |= owner_bit(o, a, b);
             }
-        }
-        let clock = &self.archive_clock;
-        let mark = clock.hwm.load(Ordering::Acquire);
-        if w.id >= mark {
-            let next = w.id + HWM_AHEAD;
-            if clock
-                .hwm
-                .compare_exchange(mark, next, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
-            {
-                batch.insert(HWM_KEY, &next.to_be_bytes()[..]);
+            if bits == 0 {
+                return Ok(());
             }
-        }
-        self.archive.apply_batch(batch).map_err(e)
+            let prefix = pair_key(a, b);
+            let mut kvs = Vec::with_capacity(4);
+            let record = if w.xml.len() > LARGE {
+                let path = blob_path(&self.archive_files, w.id);
+                let xml = w.xml.clone().into_bytes();
+                let p = path.clone();
+                tokio::task::spawn_blocking(move || std::fs::write(&p, &xml))
+                    .await
+                    .map_err(e)?
+                    .map_err(e)?;
+                // Synced with the next `sync`, like the tree.
+                self.archive_unsynced
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(path);
+                encode_record(bits | IN_FILE, &w.from, &w.to, "")
+            } else {
+                encode_record(bits, &w.from, &w.to, &w.xml)
+            };
+            kvs.push((with_id(&prefix, w.id), record));
+            for o in &w.owners {
+                let other = if o == a { b } else { a };
+                kvs.push((
+                    with_id(&user_prefix(o), w.id),
+                    other.as_str().as_bytes().to_vec(),
+                ));
+                if a == b {
+                    break;
+                }
+            }
+            let clock = &self.archive_clock;
+            let mark = clock.hwm.load(Ordering::Acquire);
+            if w.id >= mark {
+                let next = w.id + HWM_AHEAD;
+                if clock
+                    .hwm
+                    .compare_exchange(mark, next, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    kvs.push((HWM_KEY.to_vec(), next.to_be_bytes().to_vec()));
+                }
+            }
+            self.archive_writer.send(Job::Write(kvs)).await
+        })
+    }
+
+    fn barrier(&self) -> BoxFuture<'_, StoreResult<()>> {
+        Box::pin(self.archive_writer.barrier())
     }
 
     fn sync(&self) -> BoxFuture<'_, StoreResult<()>> {
-        Box::pin(self.commit())
+        Box::pin(async move {
+            self.archive_writer.barrier().await?;
+            let files = std::mem::take(
+                &mut *self
+                    .archive_unsynced
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()),
+            );
+            if !files.is_empty() {
+                let dir = self.archive_files.clone();
+                tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+                    for f in files {
+                        match std::fs::File::open(&f) {
+                            Ok(f) => f.sync_all()?,
+                            // Reclaimed meanwhile.
+                            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                            Err(err) => return Err(err),
+                        }
+                    }
+                    std::fs::File::open(&*dir)?.sync_all()
+                })
+                .await
+                .map_err(e)?
+                .map_err(e)?;
+            }
+            self.commit().await
+        })
     }
 
     fn query(&self, q: ArchiveQuery) -> BoxFuture<'_, StoreResult<ArchivePage>> {
         // Reads of a few hundred entries: quick, but a page walk of a
         // large archive should not hold an async worker either.
-        let reader = Reader(self.archive.clone());
+        let reader = Reader(self.archive.clone(), self.archive_files.clone());
         Box::pin(async move {
+            self.archive_writer.barrier().await?;
             tokio::task::spawn_blocking(move || reader.run_query(&q))
                 .await
                 .map_err(|err| StoreError(format!("archive read failed: {err}")))?
@@ -527,7 +723,7 @@ mod tests {
         BareJid::new(s).unwrap()
     }
 
-    fn write(s: &SledStore, from: &str, to: &str, owners: &[&str], body: &str) -> u64 {
+    async fn write(s: &SledStore, from: &str, to: &str, owners: &[&str], body: &str) -> u64 {
         let id = s.next_id();
         s.append(ArchiveWrite {
             id,
@@ -537,6 +733,7 @@ mod tests {
             to: to.to_string(),
             xml: format!("<message><body>{body}</body></message>"),
         })
+        .await
         .unwrap();
         id
     }
@@ -556,9 +753,9 @@ mod tests {
         let (a, b, c) = ("a@x", "b@x", "c@x");
         let mut ab = Vec::new();
         for i in 0..25 {
-            ab.push(write(&s, a, b, &[a, b], &format!("ab{i}")));
+            ab.push(write(&s, a, b, &[a, b], &format!("ab{i}")).await);
         }
-        let only_a = write(&s, a, c, &[a], "ac");
+        let only_a = write(&s, a, c, &[a], "ac").await;
         // b's view of a.
         let mut q1 = q(b);
         q1.with = Some(jid(a));
@@ -602,12 +799,33 @@ mod tests {
             vec![ab[1], ab[3]]
         );
         assert_eq!(s.bounds(&jid(a)).unwrap(), Some((ab[0], only_a)));
+        s.barrier().await.unwrap();
         // a goes: b keeps the pair's messages, a-c is reclaimed.
         s.remove_archive_view(&jid(a)).unwrap();
         assert_eq!(s.query(q(a)).await.unwrap().count, 0);
         assert_eq!(s.query(q(b)).await.unwrap().count, 25);
         let left = s.archive.scan_prefix(b"L").count();
         assert_eq!(left, 25);
+        // A large message lives in a file, and goes with the last view.
+        let big = "x".repeat(40_000);
+        let big_id = write(&s, b, c, &[b], &big).await;
+        let mut qb = q(b);
+        qb.ids = Some(vec![big_id]);
+        let p = s.query(qb).await.unwrap();
+        assert!(p.items[0].xml.contains(&big));
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("archive"))
+                .unwrap()
+                .count(),
+            1
+        );
+        s.remove_archive_view(&jid(b)).unwrap();
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("archive"))
+                .unwrap()
+                .count(),
+            0
+        );
         // Ids keep growing across a reopen.
         let last = s.next_id();
         drop(s);

@@ -804,3 +804,115 @@ pub fn error_condition(e: &Element) -> Option<String> {
         .find(|c| c.ns() == STANZAS && c.name() != "text")
         .map(|c| c.name().to_string())
 }
+
+pub const SM: &str = "urn:xmpp:sm:3";
+pub const MAM: &str = "urn:xmpp:mam:2";
+pub const SID: &str = "urn:xmpp:sid:0";
+pub const RSM: &str = "http://jabber.org/protocol/rsm";
+
+/// A MAM search form with these fields (var, value).
+pub fn mam_form(fields: &[(&str, &str)]) -> String {
+    let mut x = String::from(
+        "<x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' type='hidden'><value>urn:xmpp:mam:2</value></field>",
+    );
+    for (var, value) in fields {
+        x.push_str(&format!(
+            "<field var='{var}'><value>{value}</value></field>"
+        ));
+    }
+    x.push_str("</x>");
+    x
+}
+
+/// What a MAM query returned: the result messages (in order) and the IQ
+/// answer (result with `<fin/>`, or error).
+pub struct MamPage {
+    pub results: Vec<Element>,
+    pub iq: Element,
+}
+
+impl MamPage {
+    /// The archive ids of the results, in order.
+    pub fn ids(&self) -> Vec<String> {
+        self.results
+            .iter()
+            .filter_map(|m| m.get_child("result", MAM))
+            .filter_map(|r| r.attr("id").map(str::to_string))
+            .collect()
+    }
+
+    /// The bodies of the archived messages, in order.
+    pub fn bodies(&self) -> Vec<String> {
+        self.results
+            .iter()
+            .filter_map(|m| m.get_child("result", MAM))
+            .filter_map(|r| r.get_child("forwarded", "urn:xmpp:forward:0"))
+            .filter_map(|f| f.get_child("message", CLIENT))
+            .filter_map(body)
+            .collect()
+    }
+
+    pub fn fin(&self) -> &Element {
+        self.iq
+            .get_child("fin", MAM)
+            .unwrap_or_else(|| panic!("no <fin/>: {}", String::from(&self.iq)))
+    }
+
+    pub fn complete(&self) -> bool {
+        self.fin().attr("complete") == Some("true")
+    }
+
+    pub fn rsm(&self, name: &str) -> Option<String> {
+        self.fin()
+            .get_child("set", RSM)
+            .and_then(|s| s.get_child(name, RSM))
+            .map(|e| e.text())
+    }
+
+    pub fn count(&self) -> usize {
+        self.rsm("count").and_then(|c| c.parse().ok()).unwrap_or(0)
+    }
+}
+
+impl Client {
+    /// Enable stream management; returns `<enabled/>`.
+    pub async fn enable_sm(&mut self, resume: bool) -> Element {
+        let r = if resume { " resume='true'" } else { "" };
+        self.send_raw(&format!("<enable xmlns='urn:xmpp:sm:3'{r}/>"))
+            .await;
+        self.expect_where(|e| e.ns() == SM && matches!(e.name(), "enabled" | "failed"))
+            .await
+    }
+
+    /// Run a MAM query (`inner`: the form and RSM set) and collect its
+    /// results.
+    pub async fn mam(&mut self, inner: &str) -> MamPage {
+        let id = self.id();
+        let qid = format!("q{id}");
+        self.send_raw(&format!(
+            "<iq type='set' id='{id}'><query xmlns='urn:xmpp:mam:2' queryid='{qid}'>{inner}</query></iq>"
+        ))
+        .await;
+        let mut results = Vec::new();
+        loop {
+            let e = self
+                .expect_where(|e| {
+                    (e.name() == "iq" && e.attr("id") == Some(id.as_str()))
+                        || e.get_child("result", MAM)
+                            .is_some_and(|r| r.attr("queryid") == Some(qid.as_str()))
+                })
+                .await;
+            if e.name() == "iq" {
+                return MamPage { results, iq: e };
+            }
+            results.push(e);
+        }
+    }
+}
+
+/// The stanza-id a message carries with `by` = `by`.
+pub fn stanza_id(m: &Element, by: &str) -> Option<String> {
+    m.children()
+        .find(|c| c.is("stanza-id", SID) && c.attr("by") == Some(by))
+        .and_then(|c| c.attr("id").map(str::to_string))
+}

@@ -4,6 +4,7 @@
 
 mod common;
 
+mod archive;
 mod auth;
 mod carbons;
 mod cli;
@@ -12,3 +13,4 @@ mod hardening;
 mod im;
 mod iq;
 mod persist;
+mod sm;

@@ -6,6 +6,7 @@
 
 #[path = "../c2s/common.rs"]
 mod common;
+mod crash;
 mod review;
 
 use std::net::SocketAddr;
@@ -111,6 +112,13 @@ impl ProcServer {
             std::thread::sleep(Duration::from_millis(50));
         }
         s
+    }
+
+    /// SIGKILL the server and keep its directory for the next start.
+    fn kill_keep_dir(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
     }
 
     fn log(&self) -> String {
@@ -231,8 +239,10 @@ impl Bystander {
             while !stop2.load(Ordering::Relaxed) {
                 n += 1;
                 let t0 = Instant::now();
+                // Kept out of the archive: the probes measure the server's
+                // memory, and a growing archive fills the database cache.
                 a.send_raw(&format!(
-                    "<message to='bob@localhost/b' type='chat' id='by{n}'><body>{n}</body></message>"
+                    "<message to='bob@localhost/b' type='chat' id='by{n}'><body>{n}</body><no-permanent-store xmlns='urn:xmpp:hints'/></message>"
                 ))
                 .await;
                 sent2.fetch_add(1, Ordering::Relaxed);
