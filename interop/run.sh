@@ -82,6 +82,11 @@ run poison_scenario $py "$here/poison_scenario.py" --server 127.0.0.1 --port "$p
 run send_direct_tls $py "$here/send.py" --jid alice@localhost --password interop-pw-1 \
     --server 127.0.0.1 --port "$tls_port" --direct-tls --cafile "$cert" \
     --to bob@localhost --body "direct tls"
+# Stream management, archive, stanza-ids and carbons agree: 120 messages
+# paged back from both archives, carbons' stanza-ids, and a stream resumed
+# after its socket was reset delivers what was sent meanwhile exactly once.
+run sm_mam_scenario $py "$here/sm_mam_scenario.py" --server 127.0.0.1 --port "$port" \
+    --domain localhost --cafile "$cert" --password interop-pw-1 ${INTEROP_DEBUG:+--debug}
 
 # Graceful stop: SIGTERM, exit status 0.
 kill -TERM "$pid"
