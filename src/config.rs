@@ -397,7 +397,14 @@ impl Config {
             ),
             ("sm.resume_timeout_s", self.sm.resume_timeout_s, 0, 86_400),
             ("sm.max_unacked", self.sm.max_unacked as u64, 5, 100_000),
-            ("mam.max_page", self.mam.max_page as u64, 1, 10_000),
+            // A page is sent unacknowledged: it must fit well within what a
+            // stream-managed client may leave unacknowledged.
+            (
+                "mam.max_page",
+                self.mam.max_page as u64,
+                1,
+                (self.sm.max_unacked as u64 / 2).clamp(1, 10_000),
+            ),
             (
                 "limits.max_connections_per_ip",
                 l.max_connections_per_ip as u64,

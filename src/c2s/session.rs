@@ -343,7 +343,7 @@ async fn nonza(
             }
             None => Ok(()),
         },
-        (ns::SM, "a") => {
+        (ns::SM, "a") if state.sm.is_some() => {
             let Some(h) = el.attr("h").and_then(|h| h.parse::<u32>().ok()) else {
                 return Some(End::Error(
                     SC::InvalidXml,
@@ -359,6 +359,8 @@ async fn nonza(
                 Some(Err(t)) => return Some(End::Raw(Box::new(sm::too_high_error(&t)))),
             }
         }
+        // Before <enable/>: nothing to acknowledge.
+        (ns::SM, "a") => Ok(()),
         (ns::SM, "resume") => send_element(conn, &sm::failed("unexpected-request", None)).await,
         (ns::CSI, "inactive") => {
             state.csi.get_or_insert_with(Default::default);
@@ -535,6 +537,13 @@ async fn finish(ctx: &Arc<Ctx>, conn: Option<Box<XmlConn>>, bound: Box<Bound>, e
         pending,
         ..
     } = *bound;
+    // No resumption from here on: a request now fails at once.
+    if let Some(sm) = state.sm.as_mut() {
+        if let Some(id) = &sm.id {
+            ctx.resumable.forget(id, state.id);
+        }
+        sm.requests = None;
+    }
     // False when a new login took this resource over: the resource is the
     // new session's now, and it went unavailable when that one bound.
     let still_ours = ctx.sessions.unbind(&state.full, state.id);
@@ -566,9 +575,6 @@ async fn finish(ctx: &Arc<Ctx>, conn: Option<Box<XmlConn>>, bound: Box<Bound>, e
     // still queued.
     let mut unwritten = Vec::new();
     if let Some(sm) = state.sm.take() {
-        if let Some(id) = &sm.id {
-            ctx.resumable.forget(id, state.id);
-        }
         unwritten.extend(sm.unacked);
     }
     unwritten.extend(pending);

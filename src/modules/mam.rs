@@ -34,12 +34,12 @@ use crate::xml::{ns, writer};
 pub fn register(r: &mut Registry) {
     r.processor(Stage::FromClient, Arc::new(StripForgedIds));
     r.server_feature(ns::SID);
+    // Clients look for it where the ids come from: the account.
+    r.account_feature(ns::SID);
     // Stripping forged ids is always on; archiving follows the config.
     r.processor(Stage::BeforeLocalDelivery, Arc::new(Archiver));
     r.account_feature(ns::MAM);
     r.account_feature(ns::MAM_EXTENDED);
-    r.server_feature(ns::MAM);
-    r.server_feature(ns::MAM_EXTENDED);
     r.iq(ns::MAM, false, true, Arc::new(Mam));
 }
 
@@ -69,7 +69,9 @@ pub fn archivable(el: &Element) -> bool {
         let n = c.ns();
         match (n.as_str(), c.name()) {
             (ns::HINTS, "no-store" | "no-permanent-store") => return false,
-            (ns::CARBONS, _) | (ns::MAM, _) => return false,
+            // A carbon copy or an archive result is a copy; `<private/>`
+            // only keeps a message out of carbons.
+            (ns::CARBONS, "sent" | "received") | (ns::MAM, _) => return false,
             (ns::HINTS, "store") | (ns::CLIENT, "body") => keep = true,
             (RECEIPTS, "received")
             | (MARKERS, "received" | "displayed" | "acknowledged")
@@ -88,9 +90,11 @@ pub fn archivable(el: &Element) -> bool {
 
 /// A JID that is ours: the domain, a subdomain, or an account on it.
 fn is_ours(ctx: &Ctx, jid: &str) -> bool {
-    let domain = jid.rsplit_once('@').map_or(jid, |(_, d)| d);
-    let domain = domain.split('/').next().unwrap_or(domain);
-    let domain = domain.to_ascii_lowercase();
+    let Ok(j) = Jid::new(jid) else {
+        // Not a JID: not one a client could take for ours either.
+        return false;
+    };
+    let domain = j.domain().as_str();
     domain == ctx.domain || domain.ends_with(&format!(".{}", ctx.domain))
 }
 
@@ -403,10 +407,7 @@ fn parse_query(ctx: &Ctx, user: &BareJid, payload: &Element) -> Result<Parsed, S
                 "ids" => {
                     let mut ids = Vec::new();
                     for v in &values {
-                        // An unknown id is simply not in the results.
-                        if let Some(id) = parse_id(v) {
-                            ids.push(id);
-                        }
+                        ids.push(known_id(ctx, user, v)?);
                     }
                     q.ids = Some(ids);
                 }
@@ -417,8 +418,18 @@ fn parse_query(ctx: &Ctx, user: &BareJid, payload: &Element) -> Result<Parsed, S
             }
         }
     }
-    if let Some(set) = payload.get_child("set", ns::RSM) {
-        for c in set.children() {
+    // RSM paging is in `<set xmlns='http://jabber.org/protocol/rsm'/>`;
+    // some clients (Profanity 0.13) put `<after/>`, `<before/>` or
+    // `<max/>` straight into the query, in its namespace: taken too.
+    let loose = payload
+        .children()
+        .filter(|c| c.ns() == ns::MAM && matches!(c.name(), "max" | "after" | "before" | "index"));
+    let rsm = payload
+        .get_child("set", ns::RSM)
+        .into_iter()
+        .flat_map(|set| set.children());
+    {
+        for c in rsm.chain(loose) {
             let t = c.text();
             let t = t.trim();
             match c.name() {
@@ -451,59 +462,98 @@ fn parse_query(ctx: &Ctx, user: &BareJid, payload: &Element) -> Result<Parsed, S
 
 async fn query(ctx: &Arc<Ctx>, req: &IqRequest, user: &BareJid) -> IqResult {
     let Parsed { q, flip } = parse_query(ctx, user, &req.payload)?;
-    let page = ctx.stores.archive.query(q).await.map_err(internal)?;
+    let from_end = q.from_end;
+    let mut page = ctx.stores.archive.query(q).await.map_err(internal)?;
     let queryid = req.payload.attr("queryid");
     let full = req.from.clone().try_into_full().ok();
-    let mut items = page.items;
+    // The results, serialized, oldest first.
+    let mut results = Vec::with_capacity(page.items.len());
+    for a in &page.items {
+        let stored = match crate::xml::parse(&a.xml) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, id = a.id, "an archived message does not read back");
+                continue;
+            }
+        };
+        let id = id_string(a.id);
+        let mut result = element("result", ns::MAM, &[("id", &id)]);
+        if let Some(q) = queryid {
+            crate::stanza::set_attr(&mut result, "queryid", q);
+        }
+        let mut fwd = Element::bare("forwarded", ns::FORWARD);
+        fwd.append_child(element(
+            "delay",
+            ns::DELAY,
+            &[(
+                "stamp",
+                &stamp_of(a.id).to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            )],
+        ));
+        fwd.append_child(stored);
+        result.append_child(fwd);
+        let mut msg = element(
+            "message",
+            ns::CLIENT,
+            &[
+                ("to", req.from.as_str()),
+                ("from", user.as_str()),
+                ("id", &crate::stanza::random_id(6)),
+            ],
+        );
+        msg.append_child(result);
+        results.push((a.id, crate::sessions::serialize(&msg)));
+    }
+    // The page goes into the session's queue before anything is written:
+    // it must fit, with room to spare. A page of large messages is cut
+    // short (from its far end) and says it is not complete.
+    let budget = ctx.config.limits.session_queue_bytes / 2;
+    let mut total = 0usize;
+    let fits = |r: &(u64, std::sync::Arc<[u8]>), total: &mut usize, n: usize| {
+        *total += r.1.len();
+        n == 0 || *total <= budget
+    };
+    let keep = if from_end {
+        results
+            .iter()
+            .rev()
+            .enumerate()
+            .take_while(|(n, r)| fits(r, &mut total, *n))
+            .count()
+    } else {
+        results
+            .iter()
+            .enumerate()
+            .take_while(|(n, r)| fits(r, &mut total, *n))
+            .count()
+    };
+    if keep < results.len() {
+        if from_end {
+            results.drain(..results.len() - keep);
+        } else {
+            results.truncate(keep);
+        }
+        page.complete = false;
+    }
     if flip {
-        items.reverse();
+        results.reverse();
     }
     // The results go to the requesting session before the IQ result; they
     // are answers, not messages to keep if the session ends.
     if let Some(me) = full.as_ref().and_then(|f| ctx.sessions.get(f)) {
-        for a in &items {
-            let stored = match crate::xml::parse(&a.xml) {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::warn!(error = %e, id = a.id, "an archived message does not read back");
-                    continue;
-                }
-            };
-            let id = id_string(a.id);
-            let mut result = element("result", ns::MAM, &[("id", &id)]);
-            if let Some(q) = queryid {
-                crate::stanza::set_attr(&mut result, "queryid", q);
-            }
-            let mut fwd = Element::bare("forwarded", ns::FORWARD);
-            fwd.append_child(element(
-                "delay",
-                ns::DELAY,
-                &[(
-                    "stamp",
-                    &stamp_of(a.id).to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-                )],
-            ));
-            fwd.append_child(stored);
-            result.append_child(fwd);
-            let mut msg = element(
-                "message",
-                ns::CLIENT,
-                &[
-                    ("to", req.from.as_str()),
-                    ("from", user.as_str()),
-                    ("id", &crate::stanza::random_id(6)),
-                ],
-            );
-            msg.append_child(result);
-            if me
-                .mailbox
-                .deliver_bytes(crate::sessions::serialize(&msg), Fate::Drop)
-                .is_err()
-            {
+        for (_, xml) in &results {
+            if me.mailbox.deliver_bytes(xml.clone(), Fate::Drop).is_err() {
                 return Err(simple_error(Cond::ResourceConstraint, None));
             }
         }
     }
+    let first_index = page.first_index
+        + if from_end {
+            page.items.len().saturating_sub(keep)
+        } else {
+            0
+        };
+    let items: Vec<u64> = results.iter().map(|(id, _)| *id).collect();
     let mut fin = Element::bare("fin", ns::MAM);
     if page.complete {
         crate::stanza::set_attr(&mut fin, "complete", "true");
@@ -515,12 +565,12 @@ async fn query(ctx: &Arc<Ctx>, req: &IqRequest, user: &BareJid) -> IqResult {
     if let (Some(first), Some(last)) = (items.first(), items.last()) {
         let mut f = element("first", ns::RSM, &[]);
         if !flip {
-            crate::stanza::set_attr(&mut f, "index", page.first_index.to_string());
+            crate::stanza::set_attr(&mut f, "index", first_index.to_string());
         }
-        f.append_text(id_string(first.id));
+        f.append_text(id_string(*first));
         set.append_child(f);
         let mut l = element("last", ns::RSM, &[]);
-        l.append_text(id_string(last.id));
+        l.append_text(id_string(*last));
         set.append_child(l);
     }
     let mut c = element("count", ns::RSM, &[]);

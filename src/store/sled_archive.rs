@@ -1,5 +1,4 @@
-//! The message archive in sled: one tree, `archive`, so that a message's
-//! log entry and its index entries are written by one atomic batch.
+//! The message archive in sled: one tree, `archive`.
 //!
 //! Keys (JIDs contain no NUL byte):
 //! - `L` conversation `\0` id → the message (one log per conversation;
@@ -22,9 +21,12 @@
 //! slow everyone's archive.
 //!
 //! Writes go through one writer thread: a message's entries are queued
-//! (bounded: a full queue makes writers wait) and the thread applies what
-//! queued up meanwhile as one batch, so the async workers never wait for
-//! sled and many messages cost one tree update. A barrier through the same
+//! (bounded: a full queue makes writers wait) and the thread inserts them,
+//! so the async workers never wait for sled. Plain inserts, not a sled
+//! batch: each `apply_batch` writes its own manifest to sled's log and
+//! costs several times the inserts themselves. A crash can then leave an
+//! index entry without its log entry (or the reverse) for a message that
+//! was never acknowledged; reads skip such entries. A barrier through the same
 //! queue lets a query see everything appended before it, and a XEP-0198
 //! acknowledgement wait for it to be on disk.
 //!
@@ -45,8 +47,10 @@ use super::{ArchivePage, ArchiveQuery, ArchiveStore, ArchiveWrite, Archived, Box
 use super::{StoreError, StoreResult};
 
 const HWM_KEY: &[u8] = b"Mhwm";
-/// How far ahead of the ids the mark on disk is kept (microseconds).
-const HWM_AHEAD: u64 = 10_000_000;
+/// How far ahead of the ids the mark on disk is kept (microseconds): after
+/// a restart ids (and the time they stand for) are at most this far ahead
+/// of the clock, and the mark is written once per such interval.
+const HWM_AHEAD: u64 = 2_000_000;
 
 /// Entries of one message, or a barrier.
 enum Job {
@@ -116,7 +120,6 @@ impl Writer {
 
 fn write_loop(tree: sled::Tree, mut rx: mpsc::Receiver<Job>) {
     while let Some(first) = rx.blocking_recv() {
-        let mut batch = sled::Batch::default();
         let mut barriers = Vec::new();
         let mut next = Some(first);
         let mut n = 0;
@@ -124,7 +127,9 @@ fn write_loop(tree: sled::Tree, mut rx: mpsc::Receiver<Job>) {
             match job {
                 Job::Write(kvs) => {
                     for (k, v) in kvs {
-                        batch.insert(k, v);
+                        if let Err(err) = tree.insert(k, v) {
+                            tracing::error!(error = %err, "archive write failed");
+                        }
                     }
                 }
                 Job::Barrier(b) => barriers.push(b),
@@ -134,9 +139,6 @@ fn write_loop(tree: sled::Tree, mut rx: mpsc::Receiver<Job>) {
                 break;
             }
             next = rx.try_recv().ok();
-        }
-        if let Err(err) = tree.apply_batch(batch) {
-            tracing::error!(error = %err, "archive write failed");
         }
         for b in barriers {
             let _ = b.send(());
@@ -442,16 +444,18 @@ impl Reader {
                     items.push(a);
                 }
             }
-            if q.from_end {
-                let skip = items.len().saturating_sub(q.max);
-                items.drain(..skip);
+            let count = items.len();
+            let skip = if q.from_end {
+                count.saturating_sub(q.max)
             } else {
-                items.truncate(q.max);
-            }
+                0
+            };
+            items.drain(..skip);
+            items.truncate(q.max);
             return Ok(ArchivePage {
-                count: items.len(),
-                complete: true,
-                first_index: 0,
+                count,
+                complete: items.len() == count,
+                first_index: skip,
                 items,
             });
         }

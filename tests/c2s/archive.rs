@@ -185,6 +185,7 @@ async fn bad_queries_get_the_right_errors() {
             "item-not-found",
         ),
         (mam_form(&[("after-id", "nope")]), "item-not-found"),
+        (mam_form(&[("ids", "12345")]), "item-not-found"),
     ];
     for (inner, cond) in cases {
         let p = b.mam(&inner).await;
@@ -371,4 +372,58 @@ async fn sent_carbons_carry_the_senders_stanza_id() {
         .unwrap();
     let sid = stanza_id(inner, "alice@localhost").expect("the sender's stanza-id");
     assert_eq!(a2.mam("").await.ids(), vec![sid]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_of_large_messages_is_cut_short_not_the_client() {
+    let s = TestServer::start().await;
+    let (mut a, mut b) = two(&s).await;
+    let big = "y".repeat(150 * 1024);
+    for i in 0..16 {
+        a.send_raw(&format!(
+            "<message to='bob@localhost' type='chat' id='big{i}'><body>{i}:{big}</body></message>"
+        ))
+        .await;
+        b.expect_where(|e| e.attr("id") == Some(format!("big{i}").as_str()))
+            .await;
+    }
+    // 16 x 150 KiB is more than the session queue holds: the page stops
+    // early, says so, and the rest comes with the next page.
+    let mut got = Vec::new();
+    let mut after = String::new();
+    let mut pages = 0;
+    loop {
+        let set = if after.is_empty() {
+            format!("<set xmlns='{RSM}'><max>50</max></set>")
+        } else {
+            format!("<set xmlns='{RSM}'><max>50</max><after>{after}</after></set>")
+        };
+        let p = b.mam(&set).await;
+        assert_eq!(p.iq.attr("type"), Some("result"));
+        pages += 1;
+        got.extend(
+            p.bodies()
+                .into_iter()
+                .map(|t| t.split(':').next().unwrap().to_string()),
+        );
+        if p.complete() {
+            break;
+        }
+        after = p.rsm("last").unwrap();
+        assert!(pages < 20);
+    }
+    assert!(pages > 1, "one page would not fit the queue");
+    assert_eq!(got, (0..16).map(|i| i.to_string()).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_message_is_archived_though_not_copied() {
+    let s = TestServer::start().await;
+    let (mut a, mut b) = two(&s).await;
+    a.send_raw(
+        "<message to='bob@localhost' type='chat' id='pv'><body>just us</body><private xmlns='urn:xmpp:carbons:2'/></message>",
+    )
+    .await;
+    b.expect_where(|e| e.attr("id") == Some("pv")).await;
+    assert_eq!(b.mam("").await.bodies(), vec!["just us"]);
 }

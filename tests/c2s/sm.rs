@@ -200,7 +200,11 @@ async fn bad_acks_and_requests() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_acks_is_cut_and_loses_nothing() {
-    let s = TestServer::start_with(|c| c.sm.max_unacked = 5).await;
+    let s = TestServer::start_with(|c| {
+        c.sm.max_unacked = 5;
+        c.mam.max_page = 2;
+    })
+    .await;
     s.add_user("alice", "a").await;
     s.add_user("bob", "b").await;
     let mut b = s.online("bob", "b", "desk").await;
