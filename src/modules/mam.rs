@@ -40,6 +40,10 @@ pub fn register(r: &mut Registry) {
     r.processor(Stage::BeforeLocalDelivery, Arc::new(Archiver));
     r.account_feature(ns::MAM);
     r.account_feature(ns::MAM_EXTENDED);
+    // Also on the server, as ejabberd does: some clients (Profanity 0.13)
+    // look there, and never ask their account.
+    r.server_feature(ns::MAM);
+    r.server_feature(ns::MAM_EXTENDED);
     r.iq(ns::MAM, false, true, Arc::new(Mam));
 }
 
