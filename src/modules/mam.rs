@@ -37,14 +37,23 @@ pub fn register(r: &mut Registry) {
     // Clients look for it where the ids come from: the account.
     r.account_feature(ns::SID);
     // Stripping forged ids is always on; archiving follows the config.
-    r.processor(Stage::BeforeLocalDelivery, Arc::new(Archiver));
+    let cache = Arc::new(PrefsCache::default());
+    r.processor(
+        Stage::BeforeLocalDelivery,
+        Arc::new(Archiver {
+            cache: cache.clone(),
+        }),
+    );
+    r.listener(Arc::new(ForgetPrefs {
+        cache: cache.clone(),
+    }));
     r.account_feature(ns::MAM);
     r.account_feature(ns::MAM_EXTENDED);
     // Also on the server, as ejabberd does: some clients (Profanity 0.13)
     // look there, and never ask their account.
     r.server_feature(ns::MAM);
     r.server_feature(ns::MAM_EXTENDED);
-    r.iq(ns::MAM, false, true, Arc::new(Mam));
+    r.iq(ns::MAM, false, true, Arc::new(Mam { cache }));
 }
 
 const RECEIPTS: &str = "urn:xmpp:receipts";
@@ -162,7 +171,87 @@ impl Prefs {
     }
 }
 
-async fn prefs(ctx: &Ctx, user: &BareJid) -> Prefs {
+/// Every user's preferences are read for every message they exchange:
+/// they are kept in memory once read (bounded; dropped when an account
+/// goes, replaced when the user sets them).
+struct PrefsCache {
+    shards: Vec<std::sync::Mutex<std::collections::HashMap<BareJid, Arc<Prefs>>>>,
+}
+
+const CACHE_SHARDS: usize = 16;
+/// Users per shard kept at most; a full shard starts again empty.
+const CACHE_PER_SHARD: usize = 4096;
+
+impl std::default::Default for PrefsCache {
+    fn default() -> Self {
+        PrefsCache {
+            shards: (0..CACHE_SHARDS).map(|_| Default::default()).collect(),
+        }
+    }
+}
+
+impl PrefsCache {
+    fn shard(
+        &self,
+        user: &BareJid,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<BareJid, Arc<Prefs>>> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        user.hash(&mut h);
+        self.shards[(h.finish() as usize) % CACHE_SHARDS]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn get(&self, user: &BareJid) -> Option<Arc<Prefs>> {
+        self.shard(user).get(user).cloned()
+    }
+
+    /// Keep what was read from the store, unless something newer (a set)
+    /// is there already.
+    fn loaded(&self, user: &BareJid, p: Arc<Prefs>) {
+        let mut m = self.shard(user);
+        if m.len() >= CACHE_PER_SHARD {
+            m.clear();
+        }
+        m.entry(user.clone()).or_insert(p);
+    }
+
+    fn set(&self, user: &BareJid, p: Arc<Prefs>) {
+        self.shard(user).insert(user.clone(), p);
+    }
+
+    fn forget(&self, user: &BareJid) {
+        self.shard(user).remove(user);
+    }
+}
+
+/// A deleted account's preferences are not those of a new one of the
+/// same name.
+struct ForgetPrefs {
+    cache: Arc<PrefsCache>,
+}
+
+impl super::Listener for ForgetPrefs {
+    fn on_event<'a>(&'a self, _ctx: &'a Arc<Ctx>, ev: &'a super::Event<'a>) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            if let super::Event::UserDeleted { jid } = ev {
+                self.cache.forget(jid);
+            }
+        })
+    }
+}
+
+async fn prefs(ctx: &Ctx, cache: &PrefsCache, user: &BareJid) -> Arc<Prefs> {
+    if let Some(p) = cache.get(user) {
+        return p;
+    }
+    let p = Arc::new(read_prefs(ctx, user).await);
+    cache.loaded(user, p.clone());
+    p
+}
+
+async fn read_prefs(ctx: &Ctx, user: &BareJid) -> Prefs {
     match ctx.stores.userdata.get(user, PREFS_KEY).await {
         Ok(Some(v)) => serde_json::from_str(&v).unwrap_or_else(|_| Prefs::standard()),
         Ok(None) => Prefs::standard(),
@@ -174,8 +263,8 @@ async fn prefs(ctx: &Ctx, user: &BareJid) -> Prefs {
 }
 
 /// Whether `user` archives messages exchanged with `other`.
-async fn archives_for(ctx: &Ctx, user: &BareJid, other: &BareJid) -> bool {
-    let p = prefs(ctx, user).await;
+async fn archives_for(ctx: &Ctx, cache: &PrefsCache, user: &BareJid, other: &BareJid) -> bool {
+    let p = prefs(ctx, cache, user).await;
     let o = other.as_str();
     if p.never.iter().any(|j| j == o) {
         return false;
@@ -221,7 +310,9 @@ fn stanza_id(by: &BareJid, id: u64) -> Element {
 }
 
 /// Archive a message on its way to a local user.
-struct Archiver;
+struct Archiver {
+    cache: Arc<PrefsCache>,
+}
 
 impl Processor for Archiver {
     fn process<'a>(
@@ -246,12 +337,12 @@ impl Processor for Archiver {
                 return;
             }
             let mut owners = Vec::with_capacity(2);
-            if archives_for(ctx, &recipient, &sender).await {
+            if archives_for(ctx, &self.cache, &recipient, &sender).await {
                 owners.push(recipient.clone());
             }
             let for_sender = sender != recipient
                 && is_local_user(ctx, &sender)
-                && archives_for(ctx, &sender, &recipient).await;
+                && archives_for(ctx, &self.cache, &sender, &recipient).await;
             if for_sender {
                 owners.push(sender.clone());
             }
@@ -284,7 +375,9 @@ impl Processor for Archiver {
 
 /// `<query/>`, `<metadata/>` and `<prefs/>` of `urn:xmpp:mam:2`, for the
 /// user's own archive.
-struct Mam;
+struct Mam {
+    cache: Arc<PrefsCache>,
+}
 
 fn bad(text: &str) -> StanzaError {
     simple_error(Cond::BadRequest, Some(text))
@@ -312,8 +405,10 @@ impl IqHandler for Mam {
                 (IqType::Get, "query") => Ok(Some(query_form())),
                 (IqType::Set, "query") => query(ctx, &req, &user).await,
                 (IqType::Get, "metadata") => metadata(ctx, &user),
-                (IqType::Get, "prefs") => Ok(Some(prefs_element(&prefs(ctx, &user).await))),
-                (IqType::Set, "prefs") => set_prefs(ctx, &user, &req.payload).await,
+                (IqType::Get, "prefs") => {
+                    Ok(Some(prefs_element(&*prefs(ctx, &self.cache, &user).await)))
+                }
+                (IqType::Set, "prefs") => set_prefs(ctx, &self.cache, &user, &req.payload).await,
                 _ => Err(simple_error(Cond::BadRequest, None)),
             }
         })
@@ -621,7 +716,7 @@ fn prefs_element(p: &Prefs) -> Element {
 /// Most JIDs in the always and never lists together.
 const MAX_PREF_JIDS: usize = 1000;
 
-async fn set_prefs(ctx: &Ctx, user: &BareJid, el: &Element) -> IqResult {
+async fn set_prefs(ctx: &Ctx, cache: &PrefsCache, user: &BareJid, el: &Element) -> IqResult {
     let default = match el.attr("default") {
         Some("always") => Policy::Always,
         Some("never") => Policy::Never,
@@ -655,7 +750,9 @@ async fn set_prefs(ctx: &Ctx, user: &BareJid, el: &Element) -> IqResult {
         .put(user, PREFS_KEY, Some(json))
         .await
         .map_err(internal)?;
-    Ok(Some(prefs_element(&p)))
+    let reply = prefs_element(&p);
+    cache.set(user, Arc::new(p));
+    Ok(Some(reply))
 }
 
 #[cfg(test)]

@@ -239,6 +239,10 @@ async fn csi_holds_presence_and_flushes_the_latest() {
     let _ = b.drain_within(Duration::from_millis(300)).await;
     assert!(b.feature("csi", "urn:xmpp:csi:0").is_some());
     b.send_raw("<inactive xmlns='urn:xmpp:csi:0'/>").await;
+    // A round trip: the server has read <inactive/> before alice's
+    // presence changes (they come on another connection).
+    let r = b.iq("get", None, "<ping xmlns='urn:xmpp:ping'/>").await;
+    assert_eq!(r.attr("type"), Some("result"));
     for show in ["away", "xa", "dnd"] {
         a.send_raw(&format!("<presence><show>{show}</show></presence>"))
             .await;
