@@ -459,32 +459,33 @@ impl Reader {
                 items,
             });
         }
-        // The whole result set's size.
-        let mut err = None;
-        let mut count = 0usize;
-        self.walk(&prefix, lo, hi, false, |id, v| {
-            match matches(id, v, false) {
-                Ok(Some(_)) => {
-                    count += 1;
-                    true
+        // How many of the result set lie in [from, to].
+        let count_in = |from: u64, to: u64| -> StoreResult<usize> {
+            let mut n = 0usize;
+            let mut err = None;
+            self.walk(&prefix, from, to, false, |id, v| {
+                match matches(id, v, false) {
+                    Ok(Some(_)) => {
+                        n += 1;
+                        true
+                    }
+                    Ok(None) => true,
+                    Err(x) => {
+                        err = Some(x);
+                        false
+                    }
                 }
-                Ok(None) => true,
-                Err(x) => {
-                    err = Some(x);
-                    false
-                }
-            }
-        })?;
-        if let Some(x) = err {
-            return Err(x);
-        }
+            })?;
+            err.map_or(Ok(n), Err)
+        };
+        let count = count_in(lo, hi)?;
         let plo = q.after.map_or(lo, |a| lo.max(a.saturating_add(1)));
         let phi = q.before.map_or(hi, |b| hi.min(b.saturating_sub(1)));
         let mut items = Vec::new();
         let mut more = false;
         let mut skip = if q.from_end { 0 } else { q.index.unwrap_or(0) };
         let mut err = None;
-        if q.before.is_some() && q.before == Some(0) {
+        if q.before == Some(0) {
             // Before the first possible id: nothing.
         } else {
             self.walk(&prefix, plo, phi, q.from_end, |id, v| {
@@ -519,25 +520,7 @@ impl Reader {
         }
         // Where the page starts in the result set.
         let first_index = match items.first() {
-            Some(first) => {
-                let mut n = 0usize;
-                let mut err = None;
-                self.walk(&prefix, lo, first.id.saturating_sub(1), false, |id, v| {
-                    match matches(id, v, false) {
-                        Ok(Some(_)) => n += 1,
-                        Ok(None) => {}
-                        Err(x) => {
-                            err = Some(x);
-                            return false;
-                        }
-                    }
-                    true
-                })?;
-                if let Some(x) = err {
-                    return Err(x);
-                }
-                n
-            }
+            Some(first) => count_in(lo, first.id.saturating_sub(1))?,
             None => count,
         };
         Ok(ArchivePage {
