@@ -375,11 +375,12 @@ impl Running {
     }
 
     /// Where the server keeps what it stores (the archive among the
-    /// rest): Confab's database, Prosody's storage for the host, the
-    /// Mnesia directory of ejabberd.
+    /// rest): Confab's data directory (its database and the archive's
+    /// log), Prosody's storage for the host, the Mnesia directory of
+    /// ejabberd.
     pub fn storage_dir(&self) -> PathBuf {
         match self.kind {
-            Kind::Confab | Kind::ConfabNomam => self.work.join("data/db"),
+            Kind::Confab | Kind::ConfabNomam => self.work.join("data"),
             Kind::Prosody => self.work.join("peers/prosody/data/prosody%2etest"),
             Kind::Ejabberd => self.work.join("peers/ejabberd/spool"),
         }

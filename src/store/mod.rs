@@ -11,6 +11,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use xmpp_parsers::jid::BareJid;
 
+mod archive_log;
 pub mod sled;
 mod sled_archive;
 

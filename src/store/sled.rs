@@ -7,7 +7,8 @@
 //! - `roster_ver`: user → u64 (big endian)
 //! - `offline`:    user \0 u64 sequence → stanza XML
 //! - `userdata`:   user \0 key → value
-//! - `archive`: the message archive (see `sled_archive.rs`)
+//! - `archive_index`: the message archive's index (see `sled_archive.rs`;
+//!   the messages are in files under `archive/`)
 //! - `usage`:      user \0 class → count and bytes (u64, u64 big endian) of
 //!   what the user keeps in a class (`offline`, or `ud:` and a userdata key
 //!   prefix): the quotas are checked against it in the same transaction
@@ -41,14 +42,8 @@ pub struct SledStore {
     offline: sled::Tree,
     userdata: sled::Tree,
     usage: sled::Tree,
-    pub(super) archive: sled::Tree,
-    /// The archive's id clock (see `sled_archive.rs`).
-    pub(super) archive_clock: super::sled_archive::IdClock,
-    pub(super) archive_writer: super::sled_archive::Writer,
-    /// Where large archived messages are kept, one file each.
-    pub(super) archive_files: std::sync::Arc<std::path::PathBuf>,
-    /// Large messages' files written since the last sync.
-    pub(super) archive_unsynced: Mutex<Vec<std::path::PathBuf>>,
+    /// The message archive (see `sled_archive.rs`).
+    pub(super) archive: super::sled_archive::Archive,
     flusher: Mutex<Option<std_mpsc::Sender<Waiter>>>,
     flusher_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -58,7 +53,7 @@ impl Drop for SledStore {
     /// gone and the directory can be opened again at once (a restart in
     /// the same process, as tests do).
     fn drop(&mut self) {
-        self.archive_writer.stop();
+        self.archive.stop();
         if let Ok(mut f) = self.flusher.lock() {
             f.take();
         }
@@ -162,16 +157,16 @@ impl SledStore {
                     StoreError(format!("cannot open database in {}: {text}", dir.display()))
                 }
             })?;
-        let archive = db.open_tree("archive").map_err(e)?;
-        let archive_files = dir.join("archive");
-        std::fs::create_dir_all(&archive_files).map_err(|err| {
-            StoreError(format!("cannot create {}: {err}", archive_files.display()))
-        })?;
+        let archive = super::sled_archive::Archive::open(
+            db.open_tree("archive_index").map_err(e)?,
+            &dir.join("archive"),
+        )?;
         let (tx, rx) = std_mpsc::channel::<Waiter>();
         let fdb = db.clone();
+        let log = archive.log();
         let thread = std::thread::Builder::new()
             .name("confab-flush".into())
-            .spawn(move || flusher(fdb, rx))
+            .spawn(move || flusher(fdb, &log, rx))
             .map_err(e)?;
         Ok(SledStore {
             accounts: db.open_tree("accounts").map_err(e)?,
@@ -180,10 +175,6 @@ impl SledStore {
             offline: db.open_tree("offline").map_err(e)?,
             userdata: db.open_tree("userdata").map_err(e)?,
             usage: db.open_tree("usage").map_err(e)?,
-            archive_clock: super::sled_archive::IdClock::open(&archive)?,
-            archive_writer: super::sled_archive::Writer::start(&archive)?,
-            archive_files: std::sync::Arc::new(archive_files),
-            archive_unsynced: Mutex::new(Vec::new()),
             archive,
             db,
             flusher: Mutex::new(Some(tx)),
@@ -237,13 +228,18 @@ impl SledStore {
     }
 }
 
-fn flusher(db: sled::Db, rx: std_mpsc::Receiver<Waiter>) {
+fn flusher(db: sled::Db, log: &super::archive_log::LogFiles, rx: std_mpsc::Receiver<Waiter>) {
     while let Ok(first) = rx.recv() {
         let mut waiters = vec![first];
         while let Ok(w) = rx.try_recv() {
             waiters.push(w);
         }
-        let result = db.flush().map(|_| ()).map_err(e);
+        // The archive's log first: sled's index of it may point only at
+        // what is on disk.
+        let result = log
+            .sync()
+            .map_err(e)
+            .and_then(|()| db.flush().map(|_| ()).map_err(e));
         if let Err(err) = &result {
             tracing::error!(error = %err, "database flush failed");
         }
@@ -309,8 +305,7 @@ impl AccountStore for SledStore {
             for tree in [&self.roster, &self.offline, &self.userdata, &self.usage] {
                 Self::remove_prefix(tree, &prefix)?;
             }
-            self.archive_writer_barrier().await?;
-            self.remove_archive_view(jid)?;
+            self.remove_archive_view(jid).await?;
             self.roster_ver.remove(user.as_bytes()).map_err(e)?;
             self.accounts.remove(user.as_bytes()).map_err(e)?;
             self.commit().await?;

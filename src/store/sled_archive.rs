@@ -1,85 +1,504 @@
-//! The message archive in sled: one tree, `archive`.
+//! The message archive: messages in an append-only log of their own
+//! (`archive_log.rs`), indexes in memory and, in chunks, in sled.
 //!
-//! Keys (JIDs contain no NUL byte):
-//! - `L` conversation `\0` id → the message (one log per conversation;
-//!   a one-to-one conversation is `p` + the two bare JIDs in order,
-//!   separated by NUL). The value is a header byte saying which of the two
-//!   parties' views hold the message (bit 0: the first, bit 1: the
-//!   second), then from and to (each a 16-bit length and the bytes), then
-//!   the message's XML.
-//! - `U` user `\0` id → the other party's bare JID: each user's time
-//!   index, which answers queries without `with` and holds the user's view.
-//! - `M` `hwm` → a high-water mark of the id clock.
+//! Every message is one record in the log. Two kinds of index point into
+//! it, each a list of entries (id, place in the log, view bits) in id
+//! order under a prefix:
+//! - the conversation's log, `Lp` + the two bare JIDs in order, each
+//!   followed by NUL (JIDs contain no NUL byte). Its entries say which of
+//!   the two parties' views hold the message (bit 0: the first, bit 1:
+//!   the second);
+//! - each user's time index, `U` + the user's bare JID + NUL: the user's
+//!   view, which answers queries without `with`.
 //!
-//! A message larger than 32 KiB is kept out of the tree, in a file of its
-//! own under `archive/` in the data directory (named by its id, written
-//! by the sender's task before its record is queued, synced by the next
-//! `sync` with the tree), and its
-//! record says so (bit 7 of the header). sled keeps up to 16 entries in a
-//! leaf and rewrites leaves as they change: large values inside it would
-//! be copied over and over, and one user's flood of large messages would
-//! slow everyone's archive.
+//! New entries go to an in-memory table. Once it holds [`FREEZE_ENTRIES`]
+//! it is frozen and an index thread writes it to sled, in the tree
+//! `archive_index`, as chunks: key prefix + the chunk's first id, value up
+//! to [`CHUNK`] packed entries; the chunks of a prefix never overlap.
+//! Then it records how far into the log the chunks reach (`Mckpt`). After
+//! a crash, the records after that mark are read again into the table:
+//! the log is the truth, the chunks a summary of it. So a message costs
+//! one append to a file buffer and a few pushes in memory; sled sees a
+//! few writes per chunk, not three per message.
 //!
-//! Writes go through one writer thread: a message's entries are queued
-//! (bounded: a full queue makes writers wait) and the thread inserts them,
-//! so the async workers never wait for sled. Plain inserts, not a sled
-//! batch: each `apply_batch` writes its own manifest to sled's log and
-//! costs several times the inserts themselves. A crash can then leave an
-//! index entry without its log entry (or the reverse) for a message that
-//! was never acknowledged; reads skip such entries. A barrier through the same
-//! queue lets a query see everything appended before it, and a XEP-0198
-//! acknowledgement wait for it to be on disk.
+//! One writer thread appends: senders queue their messages (bounded: a
+//! full queue makes them wait) and never wait for the disk; the thread
+//! writes each batch to the file with one system call, then publishes its
+//! entries. A barrier through the same queue lets a query see everything
+//! appended before it; `sync` then makes it durable (the log's
+//! `fdatasync` and sled's flush, in the store's group commit).
 //!
 //! Ids are microseconds since the Unix epoch, made unique by taking the
 //! next microsecond when two messages come in the same one. The clock
 //! never goes back across restarts: a mark some seconds ahead of the last
 //! id is kept on disk, and the clock starts after it.
 
+use std::collections::HashMap;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::{mpsc, oneshot};
 
 use xmpp_parsers::jid::BareJid;
 
+use super::archive_log::{self, Loc, LogFiles, LogWriter, Pos, Rec};
 use super::sled::{e, SledStore};
 use super::{ArchivePage, ArchiveQuery, ArchiveStore, ArchiveWrite, Archived, BoxFuture};
 use super::{StoreError, StoreResult};
 
 const HWM_KEY: &[u8] = b"Mhwm";
+const CKPT_KEY: &[u8] = b"Mckpt";
 /// How far ahead of the ids the mark on disk is kept (microseconds): after
 /// a restart ids (and the time they stand for) are at most this far ahead
 /// of the clock, and the mark is written once per such interval.
 const HWM_AHEAD: u64 = 2_000_000;
 
-/// Entries of one message, or a barrier.
-enum Job {
-    Write(Vec<(Vec<u8>, Vec<u8>)>),
-    Barrier(oneshot::Sender<()>),
-}
+/// Entries the in-memory table holds before it is written to sled (about
+/// 30 bytes each in memory; a third of a message's records to read again
+/// after a crash).
+const FREEZE_ENTRIES: usize = 150_000;
+/// Entries in a chunk at most.
+const CHUNK: usize = 128;
+/// Bytes of an entry in a chunk.
+const ENTRY: usize = 21;
 
 /// Jobs waiting for the writer thread at most.
 const QUEUE: usize = 8192;
-/// Most jobs applied as one batch.
+/// Most jobs handled as one batch.
 const MAX_GROUP: usize = 1024;
 
-pub(crate) struct Writer {
+/// Header bits: which views hold the message.
+const VIEWS: u8 = 0x03;
+
+/// One index entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Entry {
+    id: u64,
+    loc: Loc,
+    bits: u8,
+}
+
+impl Entry {
+    fn put(&self, v: &mut Vec<u8>) {
+        v.extend_from_slice(&self.id.to_be_bytes());
+        v.extend_from_slice(&self.loc.seg.to_be_bytes());
+        v.extend_from_slice(&self.loc.off.to_be_bytes());
+        v.extend_from_slice(&self.loc.len.to_be_bytes());
+        v.push(self.bits);
+    }
+
+    fn get(b: &[u8]) -> Option<Entry> {
+        let u32_at = |i: usize| -> Option<u32> {
+            Some(u32::from_be_bytes(b.get(i..i + 4)?.try_into().ok()?))
+        };
+        Some(Entry {
+            id: u64::from_be_bytes(b.get(..8)?.try_into().ok()?),
+            loc: Loc {
+                seg: u32_at(8)?,
+                off: u32_at(12)?,
+                len: u32_at(16)?,
+            },
+            bits: *b.get(20)?,
+        })
+    }
+}
+
+fn decode_chunk(v: &[u8]) -> Vec<Entry> {
+    v.chunks_exact(ENTRY).filter_map(Entry::get).collect()
+}
+
+fn encode_chunk(entries: &[Entry]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(entries.len() * ENTRY);
+    for en in entries {
+        en.put(&mut v);
+    }
+    v
+}
+
+/// Index entries not yet in sled.
+#[derive(Default)]
+struct Mem {
+    map: HashMap<Vec<u8>, Vec<Entry>>,
+    entries: usize,
+    /// The log position after the last record indexed here.
+    end: Pos,
+}
+
+impl Mem {
+    fn push(&mut self, prefix: &[u8], en: Entry) {
+        match self.map.get_mut(prefix) {
+            Some(v) => v.push(en),
+            None => {
+                self.map.insert(prefix.to_vec(), vec![en]);
+            }
+        }
+        self.entries += 1;
+    }
+
+    /// The entries of a message: in its conversation's log and in the
+    /// view of each party whose bit is set.
+    fn index(&mut self, loc: Loc, id: u64, bits: u8, a: &[u8], b: &[u8]) {
+        let conv = pair_key_bytes(a, b);
+        self.push(&conv, Entry { id, loc, bits });
+        if bits & 1 != 0 {
+            self.push(&user_prefix_bytes(a), Entry { id, loc, bits: 1 });
+        }
+        if bits & 2 != 0 && a != b {
+            self.push(&user_prefix_bytes(b), Entry { id, loc, bits: 2 });
+        }
+    }
+}
+
+struct MemState {
+    active: Mem,
+    /// Tables being written to sled, oldest first.
+    frozen: Vec<Arc<Mem>>,
+}
+
+/// The index: chunks in sled and the tables in memory.
+struct Index {
+    tree: sled::Tree,
+    mem: RwLock<MemState>,
+}
+
+fn chunk_key(prefix: &[u8], id: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(prefix.len() + 8);
+    k.extend_from_slice(prefix);
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+impl Index {
+    fn read_mem(&self) -> std::sync::RwLockReadGuard<'_, MemState> {
+        self.mem.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write_mem(&self) -> std::sync::RwLockWriteGuard<'_, MemState> {
+        self.mem.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The in-memory entries under `prefix` in [lo, hi], by id.
+    fn mem_entries(&self, prefix: &[u8], lo: u64, hi: u64) -> Vec<Entry> {
+        let mut out: Vec<Entry> = Vec::new();
+        {
+            let m = self.read_mem();
+            for mem in m.frozen.iter().map(|f| &**f).chain([&m.active]) {
+                if let Some(v) = mem.map.get(prefix) {
+                    out.extend(v.iter().filter(|en| en.id >= lo && en.id <= hi));
+                }
+            }
+        }
+        out.sort_by_key(|en| en.id);
+        out.dedup_by_key(|en| en.id);
+        out
+    }
+
+    /// The first chunk key to read for entries from `lo` on: the chunk
+    /// that may hold `lo`.
+    fn start_key(&self, prefix: &[u8], lo: u64) -> StoreResult<Vec<u8>> {
+        let k = chunk_key(prefix, lo);
+        Ok(match self.tree.range(..=k.clone()).next_back() {
+            Some(kv) => {
+                let (ck, _) = kv.map_err(e)?;
+                if ck.starts_with(prefix) {
+                    ck.to_vec()
+                } else {
+                    k
+                }
+            }
+            None => k,
+        })
+    }
+
+    /// The entries under `prefix` in [lo, hi] in id order (reversed with
+    /// `rev`), each given to `f`, which returns `false` to stop.
+    fn walk(
+        &self,
+        prefix: &[u8],
+        lo: u64,
+        hi: u64,
+        rev: bool,
+        mut f: impl FnMut(&Entry) -> StoreResult<bool>,
+    ) -> StoreResult<()> {
+        if lo > hi {
+            return Ok(());
+        }
+        let mem = self.mem_entries(prefix, lo, hi);
+        let range = self
+            .tree
+            .range(self.start_key(prefix, lo)?..=chunk_key(prefix, hi));
+        let chunks: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> = if rev {
+            Box::new(range.rev())
+        } else {
+            Box::new(range)
+        };
+        let mut mem_it: Box<dyn Iterator<Item = &Entry>> = if rev {
+            Box::new(mem.iter().rev())
+        } else {
+            Box::new(mem.iter())
+        };
+        let first = |x: u64, y: u64| if rev { x > y } else { x < y };
+        let mut next_mem = mem_it.next();
+        for kv in chunks {
+            let (_, v) = kv.map_err(e)?;
+            let mut entries = decode_chunk(&v);
+            if rev {
+                entries.reverse();
+            }
+            for c in entries.iter().filter(|c| c.id >= lo && c.id <= hi) {
+                while let Some(m) = next_mem {
+                    if first(m.id, c.id) {
+                        if !f(m)? {
+                            return Ok(());
+                        }
+                    } else if m.id != c.id {
+                        break;
+                    }
+                    next_mem = mem_it.next();
+                }
+                if !f(c)? {
+                    return Ok(());
+                }
+            }
+        }
+        while let Some(m) = next_mem {
+            if !f(m)? {
+                return Ok(());
+            }
+            next_mem = mem_it.next();
+        }
+        Ok(())
+    }
+
+    /// The entry `id` under `prefix`.
+    fn find(&self, prefix: &[u8], id: u64) -> StoreResult<Option<Entry>> {
+        let mut found = None;
+        self.walk(prefix, id, id, false, |en| {
+            found = Some(*en);
+            Ok(false)
+        })?;
+        Ok(found)
+    }
+
+    /// Add `entries` (sorted, one prefix) to the prefix's chunks.
+    fn merge(&self, prefix: &[u8], entries: &[Entry]) -> StoreResult<()> {
+        let mut rest = entries;
+        let last = self
+            .tree
+            .scan_prefix(prefix)
+            .next_back()
+            .transpose()
+            .map_err(e)?;
+        let mut last = last.map(|(k, v)| (k.to_vec(), decode_chunk(&v)));
+        if let Some((_, lv)) = &last {
+            let max = lv.last().map_or(0, |en| en.id);
+            // Ids at or before the last chunk's end (a crash replayed them,
+            // or they were queued late): into the chunk each belongs to.
+            let cut = rest.partition_point(|en| en.id <= max);
+            for en in &rest[..cut] {
+                self.merge_one(prefix, *en)?;
+            }
+            rest = &rest[cut..];
+            if !rest.is_empty() && cut > 0 {
+                last = self
+                    .tree
+                    .scan_prefix(prefix)
+                    .next_back()
+                    .transpose()
+                    .map_err(e)?
+                    .map(|(k, v)| (k.to_vec(), decode_chunk(&v)));
+            }
+        }
+        if rest.is_empty() {
+            return Ok(());
+        }
+        // Fill the last chunk, then new ones.
+        if let Some((k, mut lv)) = last {
+            if lv.len() < CHUNK {
+                let take = (CHUNK - lv.len()).min(rest.len());
+                lv.extend_from_slice(&rest[..take]);
+                self.tree.insert(k, encode_chunk(&lv)).map_err(e)?;
+                rest = &rest[take..];
+            }
+        }
+        for c in rest.chunks(CHUNK) {
+            self.tree
+                .insert(chunk_key(prefix, c[0].id), encode_chunk(c))
+                .map_err(e)?;
+        }
+        Ok(())
+    }
+
+    /// Put one entry into the chunk it belongs to (the last chunk that
+    /// starts at or before it, or the first).
+    fn merge_one(&self, prefix: &[u8], en: Entry) -> StoreResult<()> {
+        let k = chunk_key(prefix, en.id);
+        let holder = match self.tree.range(..=k).next_back().transpose().map_err(e)? {
+            Some((ck, v)) if ck.starts_with(prefix) => Some((ck, v)),
+            _ => self
+                .tree
+                .scan_prefix(prefix)
+                .next()
+                .transpose()
+                .map_err(e)?,
+        };
+        let Some((ck, v)) = holder else {
+            self.tree
+                .insert(chunk_key(prefix, en.id), encode_chunk(&[en]))
+                .map_err(e)?;
+            return Ok(());
+        };
+        let mut entries = decode_chunk(&v);
+        match entries.binary_search_by_key(&en.id, |x| x.id) {
+            Ok(_) => return Ok(()),
+            Err(i) => entries.insert(i, en),
+        }
+        self.put_chunk(prefix, &ck, &entries)
+    }
+
+    /// Replace the chunk at `old_key` by `entries` (keyed by their first
+    /// id; removed when empty).
+    fn put_chunk(&self, prefix: &[u8], old_key: &[u8], entries: &[Entry]) -> StoreResult<()> {
+        let Some(first) = entries.first() else {
+            self.tree.remove(old_key).map_err(e)?;
+            return Ok(());
+        };
+        let nk = chunk_key(prefix, first.id);
+        self.tree.insert(&nk, encode_chunk(entries)).map_err(e)?;
+        if nk != old_key {
+            self.tree.remove(old_key).map_err(e)?;
+        }
+        Ok(())
+    }
+
+    /// Write a frozen table to sled, and how far it reaches.
+    fn persist(&self, mem: &Mem) -> StoreResult<()> {
+        for (prefix, entries) in &mem.map {
+            let mut entries = entries.clone();
+            entries.sort_by_key(|en| en.id);
+            entries.dedup_by_key(|en| en.id);
+            self.merge(prefix, &entries)?;
+        }
+        let mut ck = Vec::with_capacity(8);
+        ck.extend_from_slice(&mem.end.seg.to_be_bytes());
+        ck.extend_from_slice(&mem.end.off.to_be_bytes());
+        self.tree.insert(CKPT_KEY, ck).map_err(e)?;
+        Ok(())
+    }
+}
+
+fn decode_ckpt(v: &[u8]) -> Pos {
+    let at = |i: usize| {
+        v.get(i..i + 4)
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, u32::from_be_bytes)
+    };
+    Pos {
+        seg: at(0),
+        off: at(4),
+    }
+}
+
+/// A message to append.
+struct WriteJob {
+    id: u64,
+    bits: u8,
+    a: BareJid,
+    b: BareJid,
+    from: String,
+    to: String,
+    xml: String,
+    /// A new clock mark to store.
+    hwm: Option<u64>,
+}
+
+enum Job {
+    Write(WriteJob),
+    Barrier(oneshot::Sender<StoreResult<()>>),
+    /// Remove a user's view (after everything queued before).
+    RemoveView(BareJid, oneshot::Sender<StoreResult<()>>),
+}
+
+enum IndexJob {
+    Persist(Arc<Mem>),
+    RemoveView(BareJid, oneshot::Sender<StoreResult<()>>),
+}
+
+/// The archive of a store.
+pub(crate) struct Archive {
+    clock: IdClock,
+    index: Arc<Index>,
+    log: Arc<LogFiles>,
     tx: Mutex<Option<mpsc::Sender<Job>>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
-impl Writer {
-    pub(crate) fn start(tree: &sled::Tree) -> StoreResult<Writer> {
+impl Archive {
+    /// Open the archive: the log in `dir`, the index in `tree`; read the
+    /// log's records the index does not hold yet.
+    pub(crate) fn open(tree: sled::Tree, dir: &Path) -> StoreResult<Archive> {
+        let (log, last_seg) = LogFiles::open(dir)
+            .map_err(|err| StoreError(format!("cannot open {}: {err}", dir.display())))?;
+        let ckpt = tree
+            .get(CKPT_KEY)
+            .map_err(e)?
+            .map_or(Pos::default(), |v| decode_ckpt(&v));
+        let mut active = Mem::default();
+        let mut max_id = 0;
+        let end = log
+            .scan(ckpt, |loc, r| {
+                max_id = max_id.max(r.id);
+                active.index(loc, r.id, r.bits, r.a, r.b);
+            })
+            .map_err(|err| StoreError(format!("cannot read the archive log: {err}")))?;
+        active.end = end;
+        if active.entries > 0 {
+            tracing::info!(
+                entries = active.entries,
+                "archive index entries read again from the log"
+            );
+        }
+        let clock = IdClock::open(&tree, max_id)?;
+        let writer = LogWriter::create(log.clone(), last_seg + 1)
+            .map_err(|err| StoreError(format!("cannot start an archive segment: {err}")))?;
+        let index = Arc::new(Index {
+            tree,
+            mem: RwLock::new(MemState {
+                active,
+                frozen: Vec::new(),
+            }),
+        });
         let (tx, rx) = mpsc::channel(QUEUE);
-        let tree = tree.clone();
+        let (itx, irx) = std_mpsc::channel();
+        let idx = index.clone();
+        let ilog = log.clone();
+        let index_thread = std::thread::Builder::new()
+            .name("confab-archive-index".into())
+            .spawn(move || index_loop(idx, ilog, irx))
+            .map_err(e)?;
+        let idx = index.clone();
         let thread = std::thread::Builder::new()
             .name("confab-archive".into())
-            .spawn(move || write_loop(tree, rx))
+            .spawn(move || {
+                write_loop(idx, writer, rx, &itx);
+                drop(itx);
+                let _ = index_thread.join();
+            })
             .map_err(e)?;
-        Ok(Writer {
+        Ok(Archive {
+            clock,
+            index,
+            log,
             tx: Mutex::new(Some(tx)),
             thread: Mutex::new(Some(thread)),
         })
+    }
+
+    /// The log's files, for the store's group commit.
+    pub(crate) fn log(&self) -> Arc<LogFiles> {
+        self.log.clone()
     }
 
     fn sender(&self) -> StoreResult<mpsc::Sender<Job>> {
@@ -97,15 +516,25 @@ impl Writer {
             .map_err(|_| StoreError("archive writer stopped".into()))
     }
 
-    /// Resolves once everything queued before is applied.
-    async fn barrier(&self) -> StoreResult<()> {
+    /// Resolves once everything queued before is written (readable).
+    pub(crate) async fn barrier(&self) -> StoreResult<()> {
         let (tx, rx) = oneshot::channel();
         self.send(Job::Barrier(tx)).await?;
         rx.await
-            .map_err(|_| StoreError("archive writer stopped".into()))
+            .map_err(|_| StoreError("archive writer stopped".into()))?
     }
 
-    /// Stop the thread once it applied what is queued.
+    /// An account is deleted: its view goes, and the conversations' logs
+    /// no longer list it as holding anything.
+    pub(crate) async fn remove_view(&self, user: &BareJid) -> StoreResult<()> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Job::RemoveView(user.clone(), tx)).await?;
+        rx.await
+            .map_err(|_| StoreError("archive writer stopped".into()))?
+    }
+
+    /// Stop the threads once they wrote what is queued, and make it
+    /// durable.
     pub(crate) fn stop(&self) {
         if let Ok(mut t) = self.tx.lock() {
             t.take();
@@ -115,24 +544,82 @@ impl Writer {
                 let _ = t.join();
             }
         }
+        if let Err(err) = self.log.sync() {
+            tracing::error!(error = %err, "archive log sync failed");
+        }
     }
 }
 
-fn write_loop(tree: sled::Tree, mut rx: mpsc::Receiver<Job>) {
+fn write_loop(
+    index: Arc<Index>,
+    mut log: LogWriter,
+    mut rx: mpsc::Receiver<Job>,
+    itx: &std_mpsc::Sender<IndexJob>,
+) {
+    let mut pending: Vec<(Loc, u64, u8, BareJid, BareJid)> = Vec::new();
+    // Publish what is appended: write it to the file, then its entries.
+    let publish = |log: &mut LogWriter,
+                   pending: &mut Vec<(Loc, u64, u8, BareJid, BareJid)>|
+     -> StoreResult<()> {
+        let r = log
+            .flush()
+            .map_err(|err| StoreError(format!("archive write failed: {err}")));
+        if r.is_err() {
+            pending.clear();
+        }
+        let frozen = {
+            let mut m = index.write_mem();
+            for (loc, id, bits, a, b) in pending.drain(..) {
+                m.active
+                    .index(loc, id, bits, a.as_str().as_bytes(), b.as_str().as_bytes());
+            }
+            m.active.end = log.end();
+            if m.active.entries >= FREEZE_ENTRIES {
+                Some(freeze(&mut m))
+            } else {
+                None
+            }
+        };
+        if let Some(f) = frozen {
+            let _ = itx.send(IndexJob::Persist(f));
+        }
+        r
+    };
     while let Some(first) = rx.blocking_recv() {
         let mut barriers = Vec::new();
+        let mut remove = None;
+        let mut failed = None;
         let mut next = Some(first);
         let mut n = 0;
         while let Some(job) = next.take() {
             match job {
-                Job::Write(kvs) => {
-                    for (k, v) in kvs {
-                        if let Err(err) = tree.insert(k, v) {
-                            tracing::error!(error = %err, "archive write failed");
+                Job::Write(w) => {
+                    if let Some(mark) = w.hwm {
+                        if let Err(err) = index.tree.insert(HWM_KEY, &mark.to_be_bytes()[..]) {
+                            failed = Some(e(err));
+                        }
+                    }
+                    let rec = Rec {
+                        id: w.id,
+                        bits: w.bits,
+                        a: w.a.as_str(),
+                        b: w.b.as_str(),
+                        from: &w.from,
+                        to: &w.to,
+                        xml: w.xml.as_bytes(),
+                    };
+                    match log.append(&rec) {
+                        Ok(loc) => pending.push((loc, w.id, w.bits, w.a, w.b)),
+                        Err(err) => {
+                            failed = Some(StoreError(format!("archive write failed: {err}")))
                         }
                     }
                 }
                 Job::Barrier(b) => barriers.push(b),
+                Job::RemoveView(user, reply) => {
+                    remove = Some((user, reply));
+                    break;
+                }
             }
             n += 1;
             if n >= MAX_GROUP {
@@ -140,10 +627,111 @@ fn write_loop(tree: sled::Tree, mut rx: mpsc::Receiver<Job>) {
             }
             next = rx.try_recv().ok();
         }
+        if let Err(err) = publish(&mut log, &mut pending) {
+            failed = Some(err);
+        }
+        if let Some(err) = &failed {
+            tracing::error!(error = %err, "archive write failed");
+        }
         for b in barriers {
-            let _ = b.send(());
+            let _ = b.send(failed.clone().map_or(Ok(()), Err));
+        }
+        if let Some((user, reply)) = remove {
+            // Everything before goes to sled first: the removal then
+            // sees all of the user's entries, and a replay after a crash
+            // never brings back what it removed.
+            let f = freeze(&mut index.write_mem());
+            let _ = itx.send(IndexJob::Persist(f));
+            let _ = itx.send(IndexJob::RemoveView(user, reply));
         }
     }
+    if let Err(err) = publish(&mut log, &mut pending) {
+        tracing::error!(error = %err, "archive write failed");
+    }
+    let f = freeze(&mut index.write_mem());
+    let _ = itx.send(IndexJob::Persist(f));
+}
+
+fn freeze(m: &mut MemState) -> Arc<Mem> {
+    let end = m.active.end;
+    let f = Arc::new(std::mem::replace(
+        &mut m.active,
+        Mem {
+            end,
+            ..Mem::default()
+        },
+    ));
+    m.frozen.push(f.clone());
+    f
+}
+
+fn index_loop(index: Arc<Index>, log: Arc<LogFiles>, rx: std_mpsc::Receiver<IndexJob>) {
+    while let Ok(job) = rx.recv() {
+        match job {
+            IndexJob::Persist(mem) => match index.persist(&mem) {
+                Ok(()) => {
+                    index.write_mem().frozen.retain(|f| !Arc::ptr_eq(f, &mem));
+                }
+                // Kept in memory (and read again from the log after a
+                // restart).
+                Err(err) => tracing::error!(error = %err, "archive index write failed"),
+            },
+            IndexJob::RemoveView(user, reply) => {
+                let _ = reply.send(remove_view(&index, &log, &user));
+            }
+        }
+    }
+}
+
+/// Remove `user`'s view from the chunks (the tables in memory hold none
+/// of it: they were written first). The user's entries say where the
+/// messages are; each record names its conversation, whose chunks are
+/// then rewritten once each.
+fn remove_view(index: &Index, log: &LogFiles, user: &BareJid) -> StoreResult<()> {
+    let uprefix = user_prefix(user);
+    let mut keys = Vec::new();
+    let mut by_conv: HashMap<Vec<u8>, (u8, std::collections::HashSet<u64>)> = HashMap::new();
+    for kv in index.tree.scan_prefix(&uprefix) {
+        let (k, v) = kv.map_err(e)?;
+        keys.push(k);
+        for en in decode_chunk(&v) {
+            let Some(p) = log.read(en.loc, en.id).map_err(e)? else {
+                continue;
+            };
+            let Some(r) = archive_log::decode(&p) else {
+                continue;
+            };
+            let u = user.as_str().as_bytes();
+            let bit = u8::from(r.a == u) | (u8::from(r.b == u) << 1);
+            by_conv
+                .entry(pair_key_bytes(r.a, r.b))
+                .or_insert_with(|| (bit, Default::default()))
+                .1
+                .insert(en.id);
+        }
+    }
+    for (conv, (bit, ids)) in &by_conv {
+        let mut chunks = Vec::new();
+        for kv in index.tree.scan_prefix(conv.as_slice()) {
+            let (k, v) = kv.map_err(e)?;
+            chunks.push((k, decode_chunk(&v)));
+        }
+        for (k, mut es) in chunks {
+            let mut changed = false;
+            for en in es.iter_mut().filter(|en| ids.contains(&en.id)) {
+                en.bits &= !*bit;
+                changed = true;
+            }
+            if changed {
+                es.retain(|en| en.bits & VIEWS != 0);
+                index.put_chunk(conv, &k, &es)?;
+            }
+        }
+    }
+    for k in keys {
+        index.tree.remove(k).map_err(e)?;
+    }
+    Ok(())
 }
 
 pub(crate) struct IdClock {
@@ -168,11 +756,16 @@ fn decode_u64(v: &[u8]) -> u64 {
 }
 
 impl IdClock {
-    pub(crate) fn open(tree: &sled::Tree) -> StoreResult<IdClock> {
-        let hwm = tree.get(HWM_KEY).map_err(e)?.map(|v| decode_u64(&v));
+    /// The clock after the mark in `tree` and after `seen`.
+    fn open(tree: &sled::Tree, seen: u64) -> StoreResult<IdClock> {
+        let hwm = tree
+            .get(HWM_KEY)
+            .map_err(e)?
+            .map_or(0, |v| decode_u64(&v))
+            .max(seen);
         Ok(IdClock {
-            last: AtomicU64::new(hwm.unwrap_or(0)),
-            hwm: AtomicU64::new(hwm.unwrap_or(0)),
+            last: AtomicU64::new(hwm),
+            hwm: AtomicU64::new(hwm),
         })
     }
 
@@ -190,29 +783,49 @@ impl IdClock {
             }
         }
     }
+
+    /// A new mark to store, if `id` reached the current one.
+    fn advance(&self, id: u64) -> Option<u64> {
+        let mark = self.hwm.load(Ordering::Acquire);
+        if id < mark {
+            return None;
+        }
+        let next = id + HWM_AHEAD;
+        self.hwm
+            .compare_exchange(mark, next, Ordering::AcqRel, Ordering::Relaxed)
+            .ok()
+            .map(|_| next)
+    }
 }
 
-/// The log prefix of the conversation of a pair.
-fn pair_key(a: &BareJid, b: &BareJid) -> Vec<u8> {
-    let (x, y) = if a.as_str() <= b.as_str() {
+/// The two JIDs of a pair in order.
+fn ordered<'a>(a: &'a BareJid, b: &'a BareJid) -> (&'a BareJid, &'a BareJid) {
+    if a.as_str() <= b.as_str() {
         (a, b)
     } else {
         (b, a)
-    };
-    let mut k = Vec::with_capacity(x.as_str().len() + y.as_str().len() + 4);
-    k.push(b'L');
-    k.push(b'p');
-    k.extend_from_slice(x.as_str().as_bytes());
+    }
+}
+
+/// The log prefix of the conversation of a pair (in order).
+fn pair_key_bytes(x: &[u8], y: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(x.len() + y.len() + 4);
+    k.extend_from_slice(b"Lp");
+    k.extend_from_slice(x);
     k.push(0);
-    k.extend_from_slice(y.as_str().as_bytes());
+    k.extend_from_slice(y);
     k.push(0);
     k
 }
 
+fn pair_key(a: &BareJid, b: &BareJid) -> Vec<u8> {
+    let (x, y) = ordered(a, b);
+    pair_key_bytes(x.as_str().as_bytes(), y.as_str().as_bytes())
+}
+
 /// The view bit of `user` in the pair (a, b).
 fn owner_bit(user: &BareJid, a: &BareJid, b: &BareJid) -> u8 {
-    let first = if a.as_str() <= b.as_str() { a } else { b };
-    let second = if first == a { b } else { a };
+    let (first, second) = ordered(a, b);
     let mut bits = 0;
     if user == first {
         bits |= 1;
@@ -223,70 +836,16 @@ fn owner_bit(user: &BareJid, a: &BareJid, b: &BareJid) -> u8 {
     bits
 }
 
-fn user_prefix(user: &BareJid) -> Vec<u8> {
-    let mut k = Vec::with_capacity(user.as_str().len() + 10);
+fn user_prefix_bytes(user: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(user.len() + 10);
     k.push(b'U');
-    k.extend_from_slice(user.as_str().as_bytes());
+    k.extend_from_slice(user);
     k.push(0);
     k
 }
 
-fn with_id(prefix: &[u8], id: u64) -> Vec<u8> {
-    let mut k = prefix.to_vec();
-    k.extend_from_slice(&id.to_be_bytes());
-    k
-}
-
-fn encode_record(bits: u8, from: &str, to: &str, xml: &str) -> Vec<u8> {
-    let from = &from.as_bytes()[..from.len().min(u16::MAX as usize)];
-    let to = &to.as_bytes()[..to.len().min(u16::MAX as usize)];
-    let mut v = Vec::with_capacity(5 + from.len() + to.len() + xml.len());
-    v.push(bits);
-    v.extend_from_slice(&(from.len() as u16).to_be_bytes());
-    v.extend_from_slice(from);
-    v.extend_from_slice(&(to.len() as u16).to_be_bytes());
-    v.extend_from_slice(to);
-    v.extend_from_slice(xml.as_bytes());
-    v
-}
-
-struct Record<'a> {
-    bits: u8,
-    from: &'a [u8],
-    to: &'a [u8],
-    xml: &'a [u8],
-}
-
-fn decode_record(v: &[u8]) -> Option<Record<'_>> {
-    let bits = *v.first()?;
-    let flen = u16::from_be_bytes([*v.get(1)?, *v.get(2)?]) as usize;
-    let from = v.get(3..3 + flen)?;
-    let rest = v.get(3 + flen..)?;
-    let tlen = u16::from_be_bytes([*rest.first()?, *rest.get(1)?]) as usize;
-    let to = rest.get(2..2 + tlen)?;
-    let xml = rest.get(2 + tlen..)?;
-    Some(Record {
-        bits,
-        from,
-        to,
-        xml,
-    })
-}
-
-/// Messages larger than this are kept in files of their own.
-const LARGE: usize = 32 * 1024;
-/// Header bit: the message is in its file.
-const IN_FILE: u8 = 0x80;
-/// Header bits: which views hold the message.
-const VIEWS: u8 = 0x03;
-
-fn blob_path(dir: &std::path::Path, id: u64) -> std::path::PathBuf {
-    dir.join(format!("{id:016x}.xml"))
-}
-
-/// Whether `full` is the address `addr` (a full JID matches exactly).
-fn is_full(addr: &[u8], full: &str) -> bool {
-    addr == full.as_bytes()
+fn user_prefix(user: &BareJid) -> Vec<u8> {
+    user_prefix_bytes(user.as_str().as_bytes())
 }
 
 /// Where a query's candidates come from.
@@ -301,84 +860,25 @@ enum Source {
     Index { prefix: Vec<u8> },
 }
 
-/// The archive tree (and the directory of large messages), for reads that
-/// run off the async workers.
-struct Reader(sled::Tree, std::sync::Arc<std::path::PathBuf>);
+/// What reads need, off the async workers.
+struct Reader {
+    index: Arc<Index>,
+    log: Arc<LogFiles>,
+}
 
 impl Reader {
-    fn archived(&self, id: u64, r: &Record<'_>) -> Archived {
-        let xml = if r.bits & IN_FILE != 0 {
-            match std::fs::read(blob_path(&self.1, id)) {
-                Ok(v) => String::from_utf8_lossy(&v).into_owned(),
-                Err(err) => {
-                    tracing::error!(error = %err, id, "an archived message's file is unreadable");
-                    String::new()
-                }
-            }
-        } else {
-            String::from_utf8_lossy(r.xml).into_owned()
+    /// The message an entry points at (`None`: not in the log, which only
+    /// a crash before it was acknowledged leaves).
+    fn fetch(&self, en: &Entry) -> StoreResult<Option<Archived>> {
+        let Some(p) = self.log.read(en.loc, en.id).map_err(e)? else {
+            return Ok(None);
         };
-        Archived {
-            id,
+        Ok(archive_log::decode(&p).map(|r| Archived {
+            id: en.id,
             from: String::from_utf8_lossy(r.from).into_owned(),
             to: String::from_utf8_lossy(r.to).into_owned(),
-            xml,
-        }
-    }
-
-    /// The message `id` as `user` sees it, through the user's index.
-    fn fetch_via_index(
-        &self,
-        user: &BareJid,
-        id: u64,
-        with: &[u8],
-    ) -> StoreResult<Option<Archived>> {
-        let Ok(with) = BareJid::new(&String::from_utf8_lossy(with)) else {
-            return Ok(None);
-        };
-        let prefix = pair_key(user, &with);
-        let bit = owner_bit(user, user, &with);
-        let Some(v) = self.0.get(with_id(&prefix, id)).map_err(e)? else {
-            return Ok(None);
-        };
-        Ok(decode_record(&v)
-            .filter(|r| r.bits & bit != 0)
-            .map(|r| self.archived(id, &r)))
-    }
-
-    /// Candidate ids in [lo, hi] in order (reversed with `rev`), each
-    /// given to `f` with the value under it; `f` returns `false` to stop.
-    fn walk(
-        &self,
-        prefix: &[u8],
-        lo: u64,
-        hi: u64,
-        rev: bool,
-        mut f: impl FnMut(u64, &[u8]) -> bool,
-    ) -> StoreResult<()> {
-        if lo > hi {
-            return Ok(());
-        }
-        let range = self.0.range(with_id(prefix, lo)..=with_id(prefix, hi));
-        let mut step = |kv: sled::Result<(sled::IVec, sled::IVec)>| -> StoreResult<bool> {
-            let (k, v) = kv.map_err(e)?;
-            let id = decode_u64(k.get(prefix.len()..).unwrap_or_default());
-            Ok(f(id, &v))
-        };
-        if rev {
-            for kv in range.rev() {
-                if !step(kv)? {
-                    break;
-                }
-            }
-        } else {
-            for kv in range {
-                if !step(kv)? {
-                    break;
-                }
-            }
-        }
-        Ok(())
+            xml: String::from_utf8_lossy(r.xml).into_owned(),
+        }))
     }
 
     fn run_query(&self, q: &ArchiveQuery) -> StoreResult<ArchivePage> {
@@ -398,35 +898,32 @@ impl Reader {
         };
         let lo = q.start.unwrap_or(0);
         let hi = q.end.unwrap_or(u64::MAX - 1);
-        // Whether a candidate is in the result set (and the message, when
+        // Whether an entry is in the result set (and the message, when
         // `fetch`).
-        let matches = |id: u64, v: &[u8], fetch: bool| -> StoreResult<Option<Option<Archived>>> {
-            match &source {
-                Source::Log { bit, full, .. } => {
-                    let Some(r) = decode_record(v) else {
+        let matches = |en: &Entry, fetch: bool| -> StoreResult<Option<Option<Archived>>> {
+            if let Source::Log { bit, full, .. } = &source {
+                if en.bits & bit == 0 {
+                    return Ok(None);
+                }
+                if let Some(f) = full {
+                    let Some(a) = self.fetch(en)? else {
                         return Ok(None);
                     };
-                    if r.bits & bit == 0 {
+                    if a.from != *f && a.to != *f {
                         return Ok(None);
                     }
-                    if let Some(f) = full {
-                        if !is_full(r.from, f) && !is_full(r.to, f) {
-                            return Ok(None);
-                        }
-                    }
-                    Ok(Some(fetch.then(|| self.archived(id, &r))))
-                }
-                Source::Index { .. } => {
-                    if !fetch {
-                        return Ok(Some(None));
-                    }
-                    Ok(self.fetch_via_index(&user, id, v)?.map(Some))
+                    return Ok(Some(fetch.then_some(a)));
                 }
             }
+            if !fetch {
+                return Ok(Some(None));
+            }
+            Ok(self.fetch(en)?.map(Some))
         };
         let prefix = match &source {
             Source::Log { prefix, .. } | Source::Index { prefix } => prefix.clone(),
         };
+        let index = &self.index;
         if let Some(ids) = &q.ids {
             let mut ids: Vec<u64> = ids
                 .iter()
@@ -437,10 +934,10 @@ impl Reader {
             ids.dedup();
             let mut items = Vec::new();
             for id in ids {
-                let Some(v) = self.0.get(with_id(&prefix, id)).map_err(e)? else {
+                let Some(en) = index.find(&prefix, id)? else {
                     continue;
                 };
-                if let Some(Some(a)) = matches(id, &v, true)? {
+                if let Some(Some(a)) = matches(&en, true)? {
                     items.push(a);
                 }
             }
@@ -459,69 +956,51 @@ impl Reader {
                 items,
             });
         }
-        // How many of the result set lie in [from, to].
-        let count_in = |from: u64, to: u64| -> StoreResult<usize> {
-            let mut n = 0usize;
-            let mut err = None;
-            self.walk(&prefix, from, to, false, |id, v| {
-                match matches(id, v, false) {
-                    Ok(Some(_)) => {
-                        n += 1;
-                        true
-                    }
-                    Ok(None) => true,
-                    Err(x) => {
-                        err = Some(x);
-                        false
-                    }
-                }
-            })?;
-            err.map_or(Ok(n), Err)
-        };
-        let count = count_in(lo, hi)?;
         let plo = q.after.map_or(lo, |a| lo.max(a.saturating_add(1)));
         let phi = q.before.map_or(hi, |b| hi.min(b.saturating_sub(1)));
         let mut items = Vec::new();
         let mut more = false;
         let mut skip = if q.from_end { 0 } else { q.index.unwrap_or(0) };
-        let mut err = None;
-        if q.before == Some(0) {
-            // Before the first possible id: nothing.
-        } else {
-            self.walk(&prefix, plo, phi, q.from_end, |id, v| {
-                match matches(id, v, items.len() < q.max && skip == 0) {
-                    Ok(Some(a)) => {
-                        if skip > 0 {
-                            skip -= 1;
-                            return true;
-                        }
-                        if items.len() >= q.max {
-                            more = true;
-                            return false;
-                        }
-                        if let Some(a) = a {
-                            items.push(a);
-                        }
-                        true
+        if q.before != Some(0) {
+            index.walk(&prefix, plo, phi, q.from_end, |en| {
+                if skip > 0 || items.len() >= q.max {
+                    if matches(en, false)?.is_none() {
+                        return Ok(true);
                     }
-                    Ok(None) => true,
-                    Err(x) => {
-                        err = Some(x);
-                        false
+                    if skip > 0 {
+                        skip -= 1;
+                        return Ok(true);
                     }
+                    more = true;
+                    return Ok(false);
                 }
+                if let Some(Some(a)) = matches(en, true)? {
+                    items.push(a);
+                }
+                Ok(true)
             })?;
-        }
-        if let Some(x) = err {
-            return Err(x);
         }
         if q.from_end {
             items.reverse();
         }
-        // Where the page starts in the result set.
-        let first_index = match items.first() {
-            Some(first) => count_in(lo, first.id.saturating_sub(1))?,
-            None => count,
+        // One walk over the whole result set counts it and finds where
+        // the page starts in it.
+        let first_id = items.first().map(|a| a.id);
+        let mut count = 0usize;
+        let mut before_first = 0usize;
+        index.walk(&prefix, lo, hi, false, |en| {
+            if matches(en, false)?.is_some() {
+                count += 1;
+                if first_id.is_some_and(|f| en.id < f) {
+                    before_first += 1;
+                }
+            }
+            Ok(true)
+        })?;
+        let first_index = if first_id.is_some() {
+            before_first
+        } else {
+            count
         };
         Ok(ArchivePage {
             items,
@@ -533,52 +1012,20 @@ impl Reader {
 }
 
 impl SledStore {
-    pub(super) async fn archive_writer_barrier(&self) -> StoreResult<()> {
-        self.archive_writer.barrier().await
-    }
-
-    /// An account is deleted: its view goes, and messages no view holds
-    /// any more are removed from the logs.
-    pub(super) fn remove_archive_view(&self, user: &BareJid) -> StoreResult<()> {
-        let prefix = user_prefix(user);
-        let mut batch = sled::Batch::default();
-        for kv in self.archive.scan_prefix(&prefix) {
-            let (k, with) = kv.map_err(e)?;
-            batch.remove(k.clone());
-            let id = decode_u64(k.get(prefix.len()..).unwrap_or_default());
-            let Ok(with) = BareJid::new(&String::from_utf8_lossy(&with)) else {
-                continue;
-            };
-            let lp = pair_key(user, &with);
-            let lk = with_id(&lp, id);
-            let bit = owner_bit(user, user, &with);
-            if let Some(v) = self.archive.get(&lk).map_err(e)? {
-                let head = v.first().copied().unwrap_or(0);
-                let rest = head & !bit;
-                if rest & VIEWS == 0 {
-                    batch.remove(lk);
-                    if head & IN_FILE != 0 {
-                        let _ = std::fs::remove_file(blob_path(&self.archive_files, id));
-                    }
-                } else {
-                    let mut nv = v.to_vec();
-                    nv[0] = rest;
-                    batch.insert(lk, nv);
-                }
-            }
-        }
-        self.archive.apply_batch(batch).map_err(e)
+    /// An account is deleted: its view goes.
+    pub(super) async fn remove_archive_view(&self, user: &BareJid) -> StoreResult<()> {
+        self.archive.remove_view(user).await
     }
 }
 
 impl ArchiveStore for SledStore {
     fn next_id(&self) -> u64 {
-        self.archive_clock.next()
+        self.archive.clock.next()
     }
 
     fn append(&self, w: ArchiveWrite) -> BoxFuture<'_, StoreResult<()>> {
         Box::pin(async move {
-            let (a, b) = (&w.pair.0, &w.pair.1);
+            let (a, b) = ordered(&w.pair.0, &w.pair.1);
             let mut bits = 0u8;
             for o in &w.owners {
                 bits |= owner_bit(o, a, b);
@@ -586,82 +1033,28 @@ impl ArchiveStore for SledStore {
             if bits == 0 {
                 return Ok(());
             }
-            let prefix = pair_key(a, b);
-            let mut kvs = Vec::with_capacity(4);
-            let record = if w.xml.len() > LARGE {
-                let path = blob_path(&self.archive_files, w.id);
-                let xml = w.xml.clone().into_bytes();
-                let p = path.clone();
-                tokio::task::spawn_blocking(move || std::fs::write(&p, &xml))
-                    .await
-                    .map_err(e)?
-                    .map_err(e)?;
-                // Synced with the next `sync`, like the tree.
-                self.archive_unsynced
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(path);
-                encode_record(bits | IN_FILE, &w.from, &w.to, "")
-            } else {
-                encode_record(bits, &w.from, &w.to, &w.xml)
+            let job = WriteJob {
+                id: w.id,
+                bits,
+                a: a.clone(),
+                b: b.clone(),
+                hwm: self.archive.clock.advance(w.id),
+                from: w.from,
+                to: w.to,
+                xml: w.xml,
             };
-            kvs.push((with_id(&prefix, w.id), record));
-            for o in &w.owners {
-                let other = if o == a { b } else { a };
-                kvs.push((
-                    with_id(&user_prefix(o), w.id),
-                    other.as_str().as_bytes().to_vec(),
-                ));
-                if a == b {
-                    break;
-                }
-            }
-            let clock = &self.archive_clock;
-            let mark = clock.hwm.load(Ordering::Acquire);
-            if w.id >= mark {
-                let next = w.id + HWM_AHEAD;
-                if clock
-                    .hwm
-                    .compare_exchange(mark, next, Ordering::AcqRel, Ordering::Relaxed)
-                    .is_ok()
-                {
-                    kvs.push((HWM_KEY.to_vec(), next.to_be_bytes().to_vec()));
-                }
-            }
-            self.archive_writer.send(Job::Write(kvs)).await
+            self.archive.send(Job::Write(job)).await
         })
     }
 
     fn barrier(&self) -> BoxFuture<'_, StoreResult<()>> {
-        Box::pin(self.archive_writer.barrier())
+        Box::pin(self.archive.barrier())
     }
 
     fn sync(&self) -> BoxFuture<'_, StoreResult<()>> {
         Box::pin(async move {
-            self.archive_writer.barrier().await?;
-            let files = std::mem::take(
-                &mut *self
-                    .archive_unsynced
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner()),
-            );
-            if !files.is_empty() {
-                let dir = self.archive_files.clone();
-                tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-                    for f in files {
-                        match std::fs::File::open(&f) {
-                            Ok(f) => f.sync_all()?,
-                            // Reclaimed meanwhile.
-                            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-                            Err(err) => return Err(err),
-                        }
-                    }
-                    std::fs::File::open(&*dir)?.sync_all()
-                })
-                .await
-                .map_err(e)?
-                .map_err(e)?;
-            }
+            self.archive.barrier().await?;
+            // The log's fdatasync runs in the same group commit.
             self.commit().await
         })
     }
@@ -669,9 +1062,12 @@ impl ArchiveStore for SledStore {
     fn query(&self, q: ArchiveQuery) -> BoxFuture<'_, StoreResult<ArchivePage>> {
         // Reads of a few hundred entries: quick, but a page walk of a
         // large archive should not hold an async worker either.
-        let reader = Reader(self.archive.clone(), self.archive_files.clone());
+        let reader = Reader {
+            index: self.archive.index.clone(),
+            log: self.archive.log.clone(),
+        };
         Box::pin(async move {
-            self.archive_writer.barrier().await?;
+            self.archive.barrier().await?;
             tokio::task::spawn_blocking(move || reader.run_query(&q))
                 .await
                 .map_err(|err| StoreError(format!("archive read failed: {err}")))?
@@ -679,26 +1075,23 @@ impl ArchiveStore for SledStore {
     }
 
     fn contains(&self, user: &BareJid, id: u64) -> StoreResult<bool> {
-        self.archive
-            .contains_key(with_id(&user_prefix(user), id))
-            .map_err(e)
+        Ok(self.archive.index.find(&user_prefix(user), id)?.is_some())
     }
 
     fn bounds(&self, user: &BareJid) -> StoreResult<Option<(u64, u64)>> {
         let prefix = user_prefix(user);
-        let first = self.archive.scan_prefix(&prefix).next();
-        let last = self.archive.scan_prefix(&prefix).next_back();
-        match (first, last) {
-            (Some(f), Some(l)) => {
-                let (fk, _) = f.map_err(e)?;
-                let (lk, _) = l.map_err(e)?;
-                Ok(Some((
-                    decode_u64(fk.get(prefix.len()..).unwrap_or_default()),
-                    decode_u64(lk.get(prefix.len()..).unwrap_or_default()),
-                )))
-            }
-            _ => Ok(None),
-        }
+        let mut first = None;
+        let mut last = None;
+        let index = &self.archive.index;
+        index.walk(&prefix, 0, u64::MAX - 1, false, |en| {
+            first = Some(en.id);
+            Ok(false)
+        })?;
+        index.walk(&prefix, 0, u64::MAX - 1, true, |en| {
+            last = Some(en.id);
+            Ok(false)
+        })?;
+        Ok(first.zip(last))
     }
 }
 
@@ -733,8 +1126,25 @@ mod tests {
         }
     }
 
+    /// Every entry of every chunk under `prefix`, checking the chunks are
+    /// in order and do not overlap.
+    fn chunk_ids(s: &SledStore, prefix: &[u8]) -> Vec<u64> {
+        let mut ids: Vec<u64> = Vec::new();
+        for kv in s.archive.index.tree.scan_prefix(prefix) {
+            let (k, v) = kv.unwrap();
+            let es = decode_chunk(&v);
+            assert_eq!(decode_u64(&k[prefix.len()..]), es[0].id);
+            assert!(es.windows(2).all(|w| w[0].id < w[1].id));
+            if let Some(l) = ids.last() {
+                assert!(*l < es[0].id, "chunks overlap");
+            }
+            ids.extend(es.iter().map(|en| en.id));
+        }
+        ids
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn views_paging_and_reclaim() {
+    async fn views_paging_and_removal() {
         let dir = tempfile::tempdir().unwrap();
         let s = SledStore::open(dir.path()).unwrap();
         let (a, b, c) = ("a@x", "b@x", "c@x");
@@ -751,6 +1161,7 @@ mod tests {
         assert_eq!(p.items.len(), 10);
         assert!(!p.complete);
         assert_eq!(p.items[0].id, ab[0]);
+        assert!(p.items[0].xml.contains("ab0"));
         // The last page, from the end.
         q1.from_end = true;
         let p = s.query(q1.clone()).await.unwrap();
@@ -786,37 +1197,132 @@ mod tests {
             vec![ab[1], ab[3]]
         );
         assert_eq!(s.bounds(&jid(a)).unwrap(), Some((ab[0], only_a)));
-        s.barrier().await.unwrap();
-        // a goes: b keeps the pair's messages, a-c is reclaimed.
-        s.remove_archive_view(&jid(a)).unwrap();
-        assert_eq!(s.query(q(a)).await.unwrap().count, 0);
-        assert_eq!(s.query(q(b)).await.unwrap().count, 25);
-        let left = s.archive.scan_prefix(b"L").count();
-        assert_eq!(left, 25);
-        // A large message lives in a file, and goes with the last view.
+        assert!(s.contains(&jid(b), ab[7]).unwrap());
+        assert!(!s.contains(&jid(b), only_a).unwrap());
+        // A large message, in the log like any other.
         let big = "x".repeat(40_000);
         let big_id = write(&s, b, c, &[b], &big).await;
         let mut qb = q(b);
         qb.ids = Some(vec![big_id]);
         let p = s.query(qb).await.unwrap();
         assert!(p.items[0].xml.contains(&big));
-        assert_eq!(
-            std::fs::read_dir(dir.path().join("archive"))
-                .unwrap()
-                .count(),
-            1
-        );
-        s.remove_archive_view(&jid(b)).unwrap();
-        assert_eq!(
-            std::fs::read_dir(dir.path().join("archive"))
-                .unwrap()
-                .count(),
-            0
-        );
-        // Ids keep growing across a reopen.
+        // a goes: b keeps the pair's messages, a-c is held by no view.
+        s.remove_archive_view(&jid(a)).await.unwrap();
+        assert_eq!(s.query(q(a)).await.unwrap().count, 0);
+        assert_eq!(s.query(q(b)).await.unwrap().count, 26);
+        assert!(chunk_ids(&s, &pair_key(&jid(a), &jid(c))).is_empty());
+        assert_eq!(chunk_ids(&s, &pair_key(&jid(a), &jid(b))).len(), 25);
+        let mut q2 = q(b);
+        q2.with = Some(jid(a));
+        assert_eq!(s.query(q2.clone()).await.unwrap().count, 25);
+        // Ids keep growing across a reopen, and everything is still there.
         let last = s.next_id();
         drop(s);
         let s = SledStore::open(dir.path()).unwrap();
         assert!(s.next_id() > last);
+        assert_eq!(s.query(q2).await.unwrap().count, 25);
+        assert_eq!(s.query(q(a)).await.unwrap().count, 0);
+    }
+
+    /// Entries not yet in sled are read again from the log after a crash;
+    /// chunks never overlap and hold each entry once, whatever the order
+    /// entries reach them in.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn crash_replay_and_chunk_merging() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = ("a@x", "b@x");
+        let mut ids = Vec::new();
+        {
+            let s = SledStore::open(dir.path()).unwrap();
+            for i in 0..300 {
+                ids.push(write(&s, a, b, &[a, b], &format!("m{i}")).await);
+            }
+            s.sync().await.unwrap();
+            // A crash: the index in memory is lost, not written to sled.
+            let mut m = s.archive.index.write_mem();
+            m.active = Mem::default();
+            drop(m);
+            std::mem::forget(s);
+        }
+        // The crashed store still holds its directory: open a copy.
+        let dir2 = tempfile::tempdir().unwrap();
+        copy_dir(dir.path(), dir2.path());
+        let s = SledStore::open(dir2.path()).unwrap();
+        let mut qa = q(a);
+        qa.max = 1000;
+        let p = s.query(qa.clone()).await.unwrap();
+        assert_eq!(p.items.iter().map(|i| i.id).collect::<Vec<_>>(), ids);
+        // Written to sled: chunks, in order, each entry once.
+        let f = freeze(&mut s.archive.index.write_mem());
+        s.archive.index.persist(&f).unwrap();
+        // Again (a replay after a crash mid-way): nothing doubles.
+        s.archive.index.persist(&f).unwrap();
+        s.archive.index.write_mem().frozen.clear();
+        assert_eq!(chunk_ids(&s, &user_prefix(&jid(a))), ids);
+        // New entries in memory, after the chunks: one result set.
+        for i in 0..20 {
+            ids.push(write(&s, a, b, &[a, b], &format!("n{i}")).await);
+        }
+        let mut page = q(b);
+        page.with = Some(jid(a));
+        page.max = 50;
+        page.after = Some(ids[289]);
+        let p = s.query(page.clone()).await.unwrap();
+        assert_eq!(p.items.iter().map(|i| i.id).collect::<Vec<_>>(), ids[290..]);
+        assert_eq!((p.count, p.first_index, p.complete), (320, 290, true));
+        page.after = None;
+        page.from_end = true;
+        page.before = Some(ids[305]);
+        let p = s.query(page).await.unwrap();
+        assert_eq!(
+            p.items.iter().map(|i| i.id).collect::<Vec<_>>(),
+            ids[255..305]
+        );
+        assert_eq!((p.first_index, p.complete), (255, false));
+        ids.truncate(300);
+        // Entries older than the chunks' end land in the chunk each
+        // belongs to, before the first chunk too.
+        let loc = Loc {
+            seg: 1,
+            off: 0,
+            len: 1,
+        };
+        let prefix = user_prefix(&jid(c_user()));
+        let mut m = Mem::default();
+        for id in (1000..1600).step_by(2) {
+            m.push(&prefix, Entry { id, loc, bits: 1 });
+        }
+        s.archive.index.persist(&m).unwrap();
+        let mut late = Mem::default();
+        for id in [1131, 999, 1599, 1131, 1700] {
+            late.push(&prefix, Entry { id, loc, bits: 1 });
+        }
+        s.archive.index.persist(&late).unwrap();
+        let got = chunk_ids(&s, &prefix);
+        assert_eq!(got.len(), 304);
+        for id in [999, 1131, 1599, 1700] {
+            assert!(got.contains(&id));
+        }
+        // Entries whose place holds another record are not shown.
+        let p = s.query(qa).await.unwrap();
+        assert_eq!(p.items.len(), 320);
+        assert_eq!(s.query(q(c_user())).await.unwrap().items.len(), 0);
+    }
+
+    fn c_user() -> &'static str {
+        "c@x"
+    }
+
+    fn copy_dir(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            let target = to.join(entry.file_name());
+            if entry.file_type().unwrap().is_dir() {
+                copy_dir(&entry.path(), &target);
+            } else {
+                std::fs::copy(entry.path(), target).unwrap();
+            }
+        }
     }
 }
