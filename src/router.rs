@@ -17,6 +17,7 @@
 //! people: nothing between a user and the server itself, nor between a
 //! user and their own account, ever passes through them.
 
+use crate::stanza::Bare;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -138,7 +139,7 @@ pub fn note_sender_stanza_id(id: Element) {
 /// itself, or within one account: never subject to filters.
 fn unfiltered(ctx: &Ctx, a: &Jid, b: &Jid) -> bool {
     let server = |j: &Jid| j.node().is_none() && j.domain().as_str() == ctx.domain;
-    server(a) || server(b) || a.to_bare() == b.to_bare()
+    server(a) || server(b) || (a.node() == b.node() && a.domain() == b.domain())
 }
 
 /// The filters of `point` for a stanza from `from` to `to`: the one place
@@ -218,7 +219,7 @@ async fn to_server(ctx: &Arc<Ctx>, el: Element, kind: Kind, to: Jid) {
 }
 
 async fn to_local_user(ctx: &Arc<Ctx>, mut el: Element, kind: Kind, to: Jid) {
-    let bare = to.to_bare();
+    let bare = to.bare();
     let typ = stanza_type(&el).to_string();
     let exists = ctx.stores.accounts.exists(&bare).unwrap_or(false);
     if !exists {

@@ -2,6 +2,7 @@
 //! presence and interests. Sharded so that routing takes no global lock;
 //! no lock is ever held across an await.
 
+use crate::stanza::Bare;
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::collections::VecDeque;
@@ -531,7 +532,7 @@ impl Sessions {
         mailbox: Mailbox,
         max_resources: usize,
     ) -> Result<Option<Resource>, TooManyResources> {
-        let bare = full.to_bare();
+        let bare = full.bare();
         let replaced = self.write(&bare, |m| {
             let list = m.entry(bare.clone()).or_default();
             let old = list.iter().position(|r| r.full == full);
@@ -557,7 +558,7 @@ impl Sessions {
 
     /// Remove a session (only if it is still the one with this id).
     pub fn unbind(&self, full: &FullJid, id: u64) -> bool {
-        let bare = full.to_bare();
+        let bare = full.bare();
         let removed = self.write(&bare, |m| {
             let Some(list) = m.get_mut(&bare) else {
                 return false;
@@ -585,7 +586,7 @@ impl Sessions {
         presence: Option<Arc<str>>,
         priority: i8,
     ) -> bool {
-        let bare = full.to_bare();
+        let bare = full.bare();
         self.write(&bare, |m| {
             let Some(r) = m
                 .get_mut(&bare)
@@ -604,7 +605,7 @@ impl Sessions {
     /// Record whether a session wants pushes or copies of a kind. Returns
     /// whether the session exists.
     pub fn set_interest(&self, full: &FullJid, interest: Interest, on: bool) -> bool {
-        let bare = full.to_bare();
+        let bare = full.bare();
         self.write(&bare, |m| {
             let Some(r) = m
                 .get_mut(&bare)
@@ -623,7 +624,7 @@ impl Sessions {
 
     /// The session bound to a full JID.
     pub fn get(&self, full: &FullJid) -> Option<Resource> {
-        self.read(&full.to_bare(), |l| {
+        self.read(&full.bare(), |l| {
             l.and_then(|l| l.iter().find(|r| r.full == *full).cloned())
         })
     }

@@ -4,7 +4,7 @@
 //! lost; the server's own payloads are built from xmpp-parsers types.
 
 use minidom::Element;
-use xmpp_parsers::jid::Jid;
+use xmpp_parsers::jid::{BareJid, FullJid, Jid};
 use xmpp_parsers::stanza_error::{DefinedCondition, ErrorType, StanzaError};
 use xmpp_parsers::stream_error::{DefinedCondition as StreamCondition, StreamError};
 
@@ -28,6 +28,24 @@ impl Kind {
             "iq" => Some(Kind::Iq),
             _ => None,
         }
+    }
+}
+
+/// The bare JID of an address, by copying its text: `to_bare` formats
+/// the parts anew, which on the routing path costs more than the copy.
+pub trait Bare {
+    fn bare(&self) -> BareJid;
+}
+
+impl Bare for Jid {
+    fn bare(&self) -> BareJid {
+        self.clone().into_bare()
+    }
+}
+
+impl Bare for FullJid {
+    fn bare(&self) -> BareJid {
+        self.clone().into_bare()
     }
 }
 

@@ -1,6 +1,7 @@
 //! Blocking command (XEP-0191): a per-user block list; stanzas between a
 //! user and a blocked JID are stopped in both directions by the filters.
 
+use crate::stanza::Bare;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
@@ -79,7 +80,7 @@ impl Blocking {
 fn item_matches(item: &str, other: &Jid) -> bool {
     let domain = other.domain().as_str();
     item == other.as_str()
-        || item == other.to_bare().as_str()
+        || item == other.bare().as_str()
         || item == domain
         || other.resource().is_some_and(|r| {
             item.strip_prefix(domain).and_then(|x| x.strip_prefix('/')) == Some(r.as_str())
@@ -98,7 +99,7 @@ async fn presence_audience(ctx: &Ctx, user: &BareJid, items: &[String]) -> Vec<J
         };
         for i in items {
             let Ok(item) = Jid::new(i) else { continue };
-            if item.resource().is_some() && item.to_bare() == contact.to_bare() {
+            if item.resource().is_some() && item.bare() == contact.bare() {
                 // A block of one resource of the contact.
                 out.push(item);
             } else if item_matches(i, &contact) {
@@ -126,7 +127,7 @@ impl Filter for OutboundFilter {
         el: &'a Element,
     ) -> BoxFuture<'a, Verdict> {
         Box::pin(async move {
-            if !is_local_user(ctx, from) || !self.0.blocks(ctx, &from.to_bare(), to).await {
+            if !is_local_user(ctx, from) || !self.0.blocks(ctx, &from.bare(), to).await {
                 return Verdict::Pass;
             }
             // XEP-0191 §3.4.2: the user may not talk to whom they blocked.
@@ -156,7 +157,7 @@ impl Filter for DeliverFilter {
         el: &'a Element,
     ) -> BoxFuture<'a, Verdict> {
         Box::pin(async move {
-            if !self.0.blocks(ctx, &to.to_bare(), from).await {
+            if !self.0.blocks(ctx, &to.bare(), from).await {
                 return Verdict::Pass;
             }
             // XEP-0191 §3.4.1: presence silently dropped; messages and IQ

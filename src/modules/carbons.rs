@@ -5,6 +5,7 @@
 //! [`Received`] around each delivery to a local user; which messages are
 //! copied is decided in one place, [`eligible`].
 
+use crate::stanza::Bare;
 use std::sync::Arc;
 
 use minidom::Element;
@@ -147,7 +148,7 @@ impl Sent {
         if !eligible(el, Direction::Sent) {
             return s;
         }
-        let user = from.to_bare();
+        let user = from.bare();
         s.targets = ctx
             .sessions
             .resources_where(&user, |r| r.wants(Interest::Carbons) && r.full != *from);
@@ -164,12 +165,7 @@ impl Sent {
             if let Some(id) = stanza_id {
                 original.append_child(id);
             }
-            copy_to(
-                Direction::Sent,
-                &self.from.to_bare(),
-                self.targets,
-                original,
-            );
+            copy_to(Direction::Sent, &self.from.bare(), self.targets, original);
         }
     }
 }

@@ -16,6 +16,7 @@
 //! The write is visible to queries at once; it reaches the disk with the
 //! next group commit, which a XEP-0198 acknowledgement waits for.
 
+use crate::stanza::Bare;
 use std::sync::Arc;
 
 use chrono::{DateTime, TimeZone, Utc};
@@ -326,7 +327,7 @@ impl Processor for Archiver {
             if !ctx.config.mam.enabled || !archivable(el) {
                 return;
             }
-            let (sender, recipient) = (from.to_bare(), to.to_bare());
+            let (sender, recipient) = (from.bare(), to.bare());
             // Archived already: a message routed again (its session ended
             // before it was acknowledged). Clients cannot send such an id:
             // ids by our JIDs are removed from what they send.
@@ -397,7 +398,7 @@ impl IqHandler for Mam {
                     Some("an archive is queried by its own account"),
                 ));
             }
-            let user = req.from.to_bare();
+            let user = req.from.bare();
             // The ids a client names came with messages it received: let
             // their writes land first.
             ctx.stores.archive.barrier().await.map_err(internal)?;
@@ -492,7 +493,7 @@ fn parse_query(ctx: &Ctx, user: &BareJid, payload: &Element) -> Result<Parsed, S
                         continue;
                     }
                     let j = Jid::new(one).map_err(|_| bad("'with' is not a JID"))?;
-                    q.with = Some(j.to_bare());
+                    q.with = Some(j.bare());
                     if j.resource().is_some() {
                         q.with_full = Some(j.to_string());
                     }

@@ -5,6 +5,7 @@
 //!
 //! Modules never write to sockets: they return payloads or route stanzas.
 
+use crate::stanza::Bare;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -59,7 +60,7 @@ impl IqRequest {
     /// The requesting user's bare JID, if the request came from a local
     /// account.
     pub fn local_user(&self, ctx: &Ctx) -> Option<BareJid> {
-        let bare = self.from.to_bare();
+        let bare = self.from.bare();
         (bare.domain().as_str() == ctx.domain && bare.node().is_some()).then_some(bare)
     }
 
@@ -67,7 +68,7 @@ impl IqRequest {
     /// local user to the server when `Target::Server`).
     pub fn is_self(&self) -> bool {
         match &self.target {
-            Target::Account(a) => self.from.to_bare() == *a,
+            Target::Account(a) => self.from.bare() == *a,
             Target::Server => false,
         }
     }

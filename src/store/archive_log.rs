@@ -26,6 +26,8 @@ use std::sync::{Arc, Mutex};
 /// A segment is rolled once it reaches this size.
 pub(crate) const SEGMENT_BYTES: u32 = 64 << 20;
 const HEADER: usize = 8;
+/// Segments kept open for reading at most.
+const MAX_READERS: usize = 64;
 
 /// A position in the log: everything before it was written.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
@@ -190,7 +192,12 @@ impl LogFiles {
             return Ok(f.clone());
         }
         let f = Arc::new(File::open(seg_path(&self.dir, seg))?);
-        lock(&self.readers).insert(seg, f.clone());
+        let mut readers = lock(&self.readers);
+        // One descriptor per segment read lately, not per segment ever.
+        if readers.len() >= MAX_READERS {
+            readers.clear();
+        }
+        readers.insert(seg, f.clone());
         Ok(f)
     }
 

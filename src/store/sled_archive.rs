@@ -24,7 +24,8 @@
 //! One writer thread appends: senders queue their messages (bounded: a
 //! full queue makes them wait) and never wait for the disk; the thread
 //! writes each batch to the file with one system call, then publishes its
-//! entries. A barrier through the same queue lets a query see everything
+//! entries, and looks for the next batch after half a millisecond (so
+//! that under load senders do not wake it for every message). A barrier through the same queue lets a query see everything
 //! appended before it; `sync` then makes it durable (the log's
 //! `fdatasync` and sled's flush, in the store's group commit).
 //!
@@ -68,6 +69,10 @@ const ENTRY: usize = 21;
 const QUEUE: usize = 8192;
 /// Most jobs handled as one batch.
 const MAX_GROUP: usize = 1024;
+/// How long the writer waits for more jobs after a batch before it
+/// sleeps until the next one: what a barrier (an acknowledgement, a
+/// query) may wait more.
+const LINGER: std::time::Duration = std::time::Duration::from_micros(500);
 
 /// Header bits: which views hold the message.
 const VIEWS: u8 = 0x03;
@@ -585,7 +590,15 @@ fn write_loop(
         }
         r
     };
-    while let Some(first) = rx.blocking_recv() {
+    let mut lingered = None;
+    loop {
+        let first = match lingered.take() {
+            Some(job) => job,
+            None => match rx.blocking_recv() {
+                Some(job) => job,
+                None => break,
+            },
+        };
         let mut barriers = Vec::new();
         let mut remove = None;
         let mut failed = None;
@@ -643,6 +656,14 @@ fn write_loop(
             let f = freeze(&mut index.write_mem());
             let _ = itx.send(IndexJob::Persist(f));
             let _ = itx.send(IndexJob::RemoveView(user, reply));
+        }
+        // Under load more jobs come in meanwhile: taken after a short
+        // sleep, they spare their senders waking this thread for each.
+        std::thread::sleep(LINGER);
+        match rx.try_recv() {
+            Ok(job) => lingered = Some(job),
+            Err(mpsc::error::TryRecvError::Empty) => {}
+            Err(mpsc::error::TryRecvError::Disconnected) => break,
         }
     }
     if let Err(err) = publish(&mut log, &mut pending) {
