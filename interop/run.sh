@@ -87,6 +87,10 @@ run send_direct_tls $py "$here/send.py" --jid alice@localhost --password interop
 # after its socket was reset delivers what was sent meanwhile exactly once.
 run sm_mam_scenario $py "$here/sm_mam_scenario.py" --server 127.0.0.1 --port "$port" \
     --domain localhost --cafile "$cert" --password interop-pw-1 ${INTEROP_DEBUG:+--debug}
+# Do Not Disturb defers delivery: a slixmpp client goes dnd, a marker
+# passes, chats wait, and arrive in order with a delay when it is back.
+run dnd_scenario $py "$here/dnd_scenario.py" --server 127.0.0.1 --port "$port" \
+    --domain localhost --cafile "$cert" --password interop-pw-1 ${INTEROP_DEBUG:+--debug}
 
 # Graceful stop: SIGTERM, exit status 0.
 kill -TERM "$pid"

@@ -26,6 +26,11 @@ pub struct Config {
     pub sm: Sm,
     /// The message archive (XEP-0313).
     pub mam: Mam,
+    /// While every available resource of a user is `dnd`, chat and normal
+    /// messages with a body to the user are held (durably, like offline
+    /// messages) until one of them leaves `dnd` or another one comes
+    /// online (`urn:confab:dnd-defer:0`).
+    pub dnd_defers_delivery: bool,
     pub log: Log,
 }
 
@@ -143,6 +148,7 @@ impl Default for Config {
             limits: Limits::default(),
             sm: Sm::default(),
             mam: Mam::default(),
+            dnd_defers_delivery: true,
             log: Log::default(),
         }
     }

@@ -257,6 +257,9 @@ async fn to_local_user(ctx: &Arc<Ctx>, mut el: Element, kind: Kind, to: Jid) {
     ctx.registry
         .run_processors(ctx, Stage::BeforeLocalDelivery, &from, &to, &mut el)
         .await;
+    let Some(mut el) = ctx.registry.run_holders(ctx, &bare, el).await else {
+        return;
+    };
     if let Ok(full) = to.clone().try_into_full() {
         if let Some(r) = ctx.sessions.get(&full) {
             let copies = carbons::Received::prepare(ctx, &bare, &mut el, |f| *f == full);

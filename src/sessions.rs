@@ -433,6 +433,8 @@ pub struct Resource {
     /// Sent available presence (and not unavailable since).
     pub available: bool,
     pub priority: i8,
+    /// Its available presence says `<show>dnd</show>`.
+    pub dnd: bool,
     /// The last available presence broadcast, serialized without `from`
     /// and `to`: a few dozen bytes per session instead of an element tree.
     pub presence: Option<Arc<str>>,
@@ -545,6 +547,7 @@ impl Sessions {
                 mailbox,
                 available: false,
                 priority: 0,
+                dnd: false,
                 presence: None,
                 interests: 0,
             });
@@ -585,6 +588,7 @@ impl Sessions {
         id: u64,
         presence: Option<Arc<str>>,
         priority: i8,
+        dnd: bool,
     ) -> bool {
         let bare = full.bare();
         self.write(&bare, |m| {
@@ -597,6 +601,7 @@ impl Sessions {
             let was = r.available;
             r.available = presence.is_some();
             r.priority = priority;
+            r.dnd = dnd && r.available;
             r.presence = presence;
             was
         })

@@ -19,6 +19,7 @@ use crate::store::BoxFuture;
 pub mod blocking;
 pub mod carbons;
 pub mod disco;
+pub mod dnd;
 pub mod mam;
 pub mod offline;
 pub mod ping;
@@ -122,6 +123,19 @@ pub trait Processor: Send + Sync {
     ) -> BoxFuture<'a, ()>;
 }
 
+/// A feature that may take a stanza for a local user before it is
+/// delivered (after the `BeforeLocalDelivery` processors, so a message is
+/// archived and has its stanza-id): it hands the stanza back to go on, or
+/// returns `None` when it took it (and answers for it from then on).
+pub trait Holder: Send + Sync {
+    fn hold<'a>(
+        &'a self,
+        ctx: &'a Arc<Ctx>,
+        user: &'a BareJid,
+        el: Element,
+    ) -> BoxFuture<'a, Option<Element>>;
+}
+
 pub trait Filter: Send + Sync {
     /// `from` and `to` are the stanza's addresses.
     fn check<'a>(
@@ -161,6 +175,7 @@ pub struct Registry {
     account_features: Vec<&'static str>,
     filters: HashMap<Point, Vec<Arc<dyn Filter>>>,
     processors: HashMap<Stage, Vec<Arc<dyn Processor>>>,
+    holders: Vec<Arc<dyn Holder>>,
     listeners: Vec<Arc<dyn Listener>>,
 }
 
@@ -199,6 +214,24 @@ impl Registry {
     }
 
     /// Run the processors of a stage, in registration order.
+    pub fn holder(&mut self, h: Arc<dyn Holder>) {
+        self.holders.push(h);
+    }
+
+    /// Offer a stanza for `user` to the holders, in order: the stanza to
+    /// deliver, or `None` when one of them took it.
+    pub async fn run_holders(
+        &self,
+        ctx: &Arc<Ctx>,
+        user: &BareJid,
+        mut el: Element,
+    ) -> Option<Element> {
+        for h in &self.holders {
+            el = h.hold(ctx, user, el).await?;
+        }
+        Some(el)
+    }
+
     pub async fn run_processors(
         &self,
         ctx: &Arc<Ctx>,
@@ -286,7 +319,7 @@ pub fn push(ctx: &Ctx, user: &BareJid, interest: crate::sessions::Interest, payl
 
 /// Register every module, in order. A feature is switched off by removing
 /// its line here.
-pub fn registry() -> Registry {
+pub fn registry(config: &crate::config::Config) -> Registry {
     let mut r = Registry::default();
     disco::register(&mut r);
     ping::register(&mut r);
@@ -300,6 +333,7 @@ pub fn registry() -> Registry {
     carbons::register(&mut r);
     mam::register(&mut r);
     offline::register(&mut r);
+    dnd::register(&mut r, config);
     presence::register(&mut r);
     r
 }

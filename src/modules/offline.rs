@@ -230,7 +230,7 @@ pub fn ensure_drain(ctx: &Ctx, user: &BareJid) {
         return;
     }
     let mut eligible = ctx.sessions.resources_where(user, |r| {
-        r.available && r.priority >= 0 && r.mailbox.is_open()
+        r.available && r.priority >= 0 && !super::dnd::defers(ctx, r.dnd) && r.mailbox.is_open()
     });
     eligible.sort_by_key(|r| std::cmp::Reverse(r.priority));
     let Some(r) = eligible.into_iter().next() else {

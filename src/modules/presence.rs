@@ -110,10 +110,19 @@ async fn broadcast(ctx: &Arc<Ctx>, st: &mut ClientState, el: Element) {
         remove_attr(&mut stored, "from");
         Arc::from(crate::xml::writer::to_string(&stored))
     });
+    let dnd = available && super::dnd::shows_dnd(&el);
+    if super::dnd::defers(ctx, dnd) {
+        // Messages held meanwhile are taken when it leaves dnd.
+        st.offline_started = false;
+    }
     // Offline messages are taken (so that nothing sent from now on
     // overtakes them) before the resource can receive bare-JID messages.
-    let drain = available && priority >= 0 && super::offline::claim_drain(ctx, st);
-    ctx.sessions.set_presence(&st.full, st.id, stored, priority);
+    let drain = available
+        && priority >= 0
+        && !super::dnd::defers(ctx, dnd)
+        && super::offline::claim_drain(ctx, st);
+    ctx.sessions
+        .set_presence(&st.full, st.id, stored, priority, dnd);
     st.available = available;
     st.priority = priority;
 

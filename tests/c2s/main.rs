@@ -8,6 +8,7 @@ mod archive;
 mod auth;
 mod carbons;
 mod cli;
+mod dnd;
 mod errors;
 mod hardening;
 mod im;
