@@ -67,26 +67,30 @@ enum Direction {
 
 /// Is this message one that carbons copy? XEP-0280 §6's suggested rules,
 /// as Prosody and ejabberd apply them: chat messages, normal messages with
-/// a body, call invitations (XEP-0353), and bounces of messages sent to a
-/// bare JID; never a message marked private or no-copy, a private message
+/// a body, a receipt (XEP-0184), a marker (XEP-0333) or a chat state, call
+/// invitations (XEP-0353), and bounces of messages sent to a bare JID; never a message marked private or no-copy, a private message
 /// from a group-chat room, or a carbon copy itself.
 fn eligible(el: &Element, dir: Direction) -> bool {
     if el.name() != "message" || el.ns() != ns::CLIENT {
         return false;
     }
-    let mut body = false;
-    let mut call = false;
+    // A body, a call invitation, or what a conversation's other devices
+    // need to show its state: receipts, markers, chat states (XEP-0280 §6).
+    let mut im = false;
     for c in el.children() {
         match (c.ns().as_str(), c.name()) {
             (ns::CARBONS, _) | (ns::HINTS, "no-copy") | (ns::MUC_USER, "x") => return false,
-            (ns::CLIENT, "body") => body = true,
-            (ns::JINGLE_MESSAGE, _) => call = true,
+            (ns::CLIENT, "body")
+            | (ns::JINGLE_MESSAGE, _)
+            | (ns::RECEIPTS, "received")
+            | (ns::MARKERS, _)
+            | (ns::CHATSTATES, _) => im = true,
             _ => {}
         }
     }
     match stanza_type(el) {
         "chat" => true,
-        "" | "normal" => body || call,
+        "" | "normal" => im,
         // A bounce from a bare JID answers a message the user sent to it.
         "error" => dir == Direction::Received && el.attr("from").is_some_and(|f| !f.contains('/')),
         _ => false,
@@ -234,12 +238,16 @@ mod tests {
             format!("<message {c}><body>hi</body></message>"),
             format!("<message {c} type='normal'><body>hi</body></message>"),
             format!("<message {c}><propose xmlns='urn:xmpp:jingle-message:0' id='a'/></message>"),
+            format!("<message {c}><received xmlns='urn:xmpp:receipts' id='a'/></message>"),
+            format!("<message {c} type='normal'><displayed xmlns='urn:xmpp:chat-markers:0' id='a'/></message>"),
+            format!("<message {c}><composing xmlns='http://jabber.org/protocol/chatstates'/></message>"),
         ];
         for s in &yes {
             assert!(eligible(&msg(s), Direction::Sent), "{s}");
         }
         let no = [
             format!("<message {c}/>"),
+            format!("<message {c}><request xmlns='urn:xmpp:receipts'/><x xmlns='urn:example'/></message>"),
             format!("<message {c} type='headline'><body>x</body></message>"),
             format!("<message {c} type='groupchat'><body>x</body></message>"),
             format!("<message {c} type='chat'><body>x</body><private xmlns='urn:xmpp:carbons:2'/></message>"),

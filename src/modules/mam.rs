@@ -57,8 +57,6 @@ pub fn register(r: &mut Registry) {
     r.iq(ns::MAM, false, true, Arc::new(Mam { cache }));
 }
 
-const RECEIPTS: &str = "urn:xmpp:receipts";
-const MARKERS: &str = "urn:xmpp:chat-markers:0";
 const REACTIONS: &str = "urn:xmpp:reactions:0";
 const RETRACT: &str = "urn:xmpp:message-retract:1";
 const RETRACT_0: &str = "urn:xmpp:message-retract:0";
@@ -87,8 +85,8 @@ pub fn archivable(el: &Element) -> bool {
             // only keeps a message out of carbons.
             (ns::CARBONS, "sent" | "received") | (ns::MAM, _) => return false,
             (ns::HINTS, "store") | (ns::CLIENT, "body") => keep = true,
-            (RECEIPTS, "received")
-            | (MARKERS, "received" | "displayed" | "acknowledged")
+            (ns::RECEIPTS, "received")
+            | (ns::MARKERS, "received" | "displayed" | "acknowledged")
             | (REACTIONS, "reactions")
             | (RETRACT | RETRACT_0, "retract")
             | (FASTEN, "apply-to")

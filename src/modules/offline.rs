@@ -37,7 +37,6 @@ const CHUNK_ITEMS: usize = 32;
 const CHUNK_BYTES: usize = 64 * 1024;
 
 const HINTS: &str = "urn:xmpp:hints";
-const CHATSTATES: &str = "http://jabber.org/protocol/chatstates";
 
 /// Whether a message is worth keeping for later: not when the sender asked
 /// (XEP-0334 hints) and not for bare chat-state notifications (XEP-0085 §5.5).
@@ -49,7 +48,7 @@ fn storable(el: &Element) -> bool {
         return true;
     }
     el.children()
-        .any(|c| !(c.ns() == CHATSTATES || c.is("thread", ns::CLIENT)))
+        .any(|c| !(c.ns() == ns::CHATSTATES || c.is("thread", ns::CLIENT)))
 }
 
 /// The drains in progress: which session delivers each user's queue.

@@ -88,6 +88,9 @@ pub mod ns {
     pub const MAM: &str = "urn:xmpp:mam:2";
     pub const MAM_EXTENDED: &str = "urn:xmpp:mam:2#extended";
     pub const SID: &str = "urn:xmpp:sid:0";
+    pub const RECEIPTS: &str = "urn:xmpp:receipts";
+    pub const MARKERS: &str = "urn:xmpp:chat-markers:0";
+    pub const CHATSTATES: &str = "http://jabber.org/protocol/chatstates";
     pub const RSM: &str = "http://jabber.org/protocol/rsm";
     pub const DATA_FORMS: &str = "jabber:x:data";
     pub const SM: &str = "urn:xmpp:sm:3";

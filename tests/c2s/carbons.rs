@@ -200,3 +200,53 @@ async fn private_no_copy_and_disable() {
     b.expect_where(msg_with_body("reply")).await;
     a2.expect_none_within(QUIET, any_carbon).await;
 }
+
+/// Message status reaches every device: receipts, markers and chat states
+/// of type normal (no body) are copied both ways, as XEP-0280 §6 says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipts_and_markers_are_copied() {
+    let s = TestServer::start().await;
+    let (mut a1, mut a2, _a3, mut b) = setup(&s).await;
+    let payloads = [
+        ("rcpt", "<received xmlns='urn:xmpp:receipts' id='x1'/>"),
+        (
+            "mark",
+            "<displayed xmlns='urn:xmpp:chat-markers:0' id='x1'/>",
+        ),
+        (
+            "state",
+            "<paused xmlns='http://jabber.org/protocol/chatstates'/>",
+        ),
+    ];
+    for (id, p) in payloads {
+        b.send_raw(&format!(
+            "<message to='alice@localhost/a1' id='{id}'>{p}</message>"
+        ))
+        .await;
+        a1.expect_where(|e| e.name() == "message" && e.attr("id") == Some(id))
+            .await;
+        let c = a2
+            .expect_where(|e| forwarded(e, "received").is_some_and(|m| m.attr("id") == Some(id)))
+            .await;
+        assert_eq!(c.attr("from"), Some("alice@localhost"));
+        // alice/a1 sends the same kind back: a2 gets a sent copy.
+        a1.send_raw(&format!(
+            "<message to='bob@localhost/b' id='{id}-back'>{p}</message>"
+        ))
+        .await;
+        let back = format!("{id}-back");
+        b.expect_where(|e| e.name() == "message" && e.attr("id") == Some(back.as_str()))
+            .await;
+        a2.expect_where(|e| {
+            forwarded(e, "sent").is_some_and(|m| m.attr("id") == Some(back.as_str()))
+        })
+        .await;
+    }
+    // A normal message with nothing of the kind is not copied.
+    b.send_raw(
+        "<message to='alice@localhost/a1' id='other'><x xmlns='urn:example:other'/></message>",
+    )
+    .await;
+    a1.expect_where(|e| e.attr("id") == Some("other")).await;
+    a2.expect_none_within(QUIET, any_carbon).await;
+}
