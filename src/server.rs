@@ -48,6 +48,13 @@ pub struct Ctx {
 }
 
 impl Ctx {
+    /// Whether an address with a node part (`has_node`) in `domain` is an
+    /// account's address here (bare or full): the one test of "a local
+    /// user" for every module.
+    pub fn is_account_address(&self, has_node: bool, domain: &str) -> bool {
+        has_node && domain == self.domain
+    }
+
     /// A receiver that changes to `true` when the server shuts down.
     pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
         self.shutdown.clone()

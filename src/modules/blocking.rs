@@ -115,7 +115,7 @@ struct OutboundFilter(Arc<Blocking>);
 struct DeliverFilter(Arc<Blocking>);
 
 fn is_local_user(ctx: &Ctx, j: &Jid) -> bool {
-    j.node().is_some() && j.domain().as_str() == ctx.domain
+    ctx.is_account_address(j.node().is_some(), j.domain().as_str())
 }
 
 impl Filter for OutboundFilter {

@@ -32,12 +32,17 @@ use crate::stanza::{element, simple_error, stanza_type};
 use crate::store::{ArchiveQuery, ArchiveWrite, BoxFuture};
 use crate::xml::{ns, writer};
 
-pub fn register(r: &mut Registry) {
+pub fn register(r: &mut Registry, config: &crate::config::Config) {
     r.processor(Stage::FromClient, Arc::new(StripForgedIds));
     r.server_feature(ns::SID);
     // Clients look for it where the ids come from: the account.
     r.account_feature(ns::SID);
-    // Stripping forged ids is always on; archiving follows the config.
+    // Stripping forged ids is always on; archiving, its queries and its
+    // features follow the config (off: a MAM query gets
+    // service-unavailable, as from a server without an archive).
+    if !config.mam.enabled {
+        return;
+    }
     let cache = Arc::new(PrefsCache::default());
     r.processor(
         Stage::BeforeLocalDelivery,
@@ -282,7 +287,7 @@ async fn archives_for(ctx: &Ctx, cache: &PrefsCache, user: &BareJid, other: &Bar
 }
 
 fn is_local_user(ctx: &Ctx, j: &BareJid) -> bool {
-    j.node().is_some() && j.domain().as_str() == ctx.domain
+    ctx.is_account_address(j.node().is_some(), j.domain().as_str())
 }
 
 /// The MAM id of an archive id, and back.
@@ -322,7 +327,7 @@ impl Processor for Archiver {
         el: &'a mut Element,
     ) -> BoxFuture<'a, ()> {
         Box::pin(async move {
-            if !ctx.config.mam.enabled || !archivable(el) {
+            if !archivable(el) {
                 return;
             }
             let (sender, recipient) = (from.bare(), to.bare());

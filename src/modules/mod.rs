@@ -331,7 +331,7 @@ pub fn registry(config: &crate::config::Config) -> Registry {
     private::register(&mut r);
     blocking::register(&mut r);
     carbons::register(&mut r);
-    mam::register(&mut r);
+    mam::register(&mut r, config);
     offline::register(&mut r);
     dnd::register(&mut r, config);
     presence::register(&mut r);

@@ -427,3 +427,29 @@ async fn a_private_message_is_archived_though_not_copied() {
     b.expect_where(|e| e.attr("id") == Some("pv")).await;
     assert_eq!(b.mam("").await.bodies(), vec!["just us"]);
 }
+
+/// `[mam] enabled = false`: nothing archived, no stanza-id, no MAM in disco,
+/// and a query is answered as by a server without an archive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_archive_off_nothing_is_archived_or_offered() {
+    let s = TestServer::start_with(|c| c.mam.enabled = false).await;
+    let (mut a, mut b) = two(&s).await;
+    a.send_raw(&chat("bob@localhost", "off1", "not kept")).await;
+    let m = b.expect_where(|e| e.attr("id") == Some("off1")).await;
+    assert!(m.get_child("stanza-id", "urn:xmpp:sid:0").is_none());
+    let r = b.iq("set", None, "<query xmlns='urn:xmpp:mam:2'/>").await;
+    assert_eq!(r.attr("type"), Some("error"));
+    assert_eq!(error_condition(&r).as_deref(), Some("service-unavailable"));
+    for to in ["bob@localhost", "localhost"] {
+        let info = b
+            .iq(
+                "get",
+                Some(to),
+                "<query xmlns='http://jabber.org/protocol/disco#info'/>",
+            )
+            .await;
+        let text = String::from(&info);
+        assert!(text.contains("urn:xmpp:sid:0"), "{text}");
+        assert!(!text.contains("urn:xmpp:mam:2"), "{text}");
+    }
+}
