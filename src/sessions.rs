@@ -648,6 +648,28 @@ impl Sessions {
         })
     }
 
+    /// Whether the user has resources matching `which`, and `all` of
+    /// them satisfy `pred` (looked at in place, nothing copied).
+    pub fn all_where(
+        &self,
+        bare: &BareJid,
+        which: impl Fn(&Resource) -> bool,
+        pred: impl Fn(&Resource) -> bool,
+    ) -> bool {
+        self.read(bare, |l| {
+            l.is_some_and(|l| {
+                let mut some = false;
+                for r in l.iter().filter(|r| which(r)) {
+                    if !pred(r) {
+                        return false;
+                    }
+                    some = true;
+                }
+                some
+            })
+        })
+    }
+
     /// Whether the user has any available resource.
     pub fn is_available(&self, bare: &BareJid) -> bool {
         self.read(bare, |l| l.is_some_and(|l| l.iter().any(|r| r.available)))

@@ -70,10 +70,12 @@ impl Holder for Defer {
             if !held_kind(&el) {
                 return Some(el);
             }
-            let takers = ctx
-                .sessions
-                .resources_where(user, |r| r.available && r.priority >= 0);
-            if takers.is_empty() || !takers.iter().all(|r| defers(ctx, r.dnd)) {
+            let all_dnd = ctx.sessions.all_where(
+                user,
+                |r| r.available && r.priority >= 0,
+                |r| defers(ctx, r.dnd),
+            );
+            if !all_dnd {
                 return Some(el);
             }
             tracing::debug!(to = %user, "message held: every resource is dnd");
