@@ -57,6 +57,9 @@ done
 "$confab" --config "$work/confab.toml" user add bob@localhost interop-pw-1 >/dev/null
 "$confab" --config "$work/confab.toml" user add carol@localhost interop-pw-1 >/dev/null
 "$confab" --config "$work/confab.toml" user add mallory@localhost interop-pw-1 >/dev/null
+# Fresh accounts for history_scenario, which counts whole archives and inboxes.
+"$confab" --config "$work/confab.toml" user add hist-alice@localhost interop-pw-1 >/dev/null
+"$confab" --config "$work/confab.toml" user add hist-bob@localhost interop-pw-1 >/dev/null
 
 failed=0
 run() {
@@ -90,6 +93,11 @@ run sm_mam_scenario $py "$here/sm_mam_scenario.py" --server 127.0.0.1 --port "$p
 # Do Not Disturb defers delivery: a slixmpp client goes dnd, a marker
 # passes, chats wait, and arrive in order with a delay when it is back.
 run dnd_scenario $py "$here/dnd_scenario.py" --server 127.0.0.1 --port "$port" \
+    --domain localhost --cafile "$cert" --password interop-pw-1 ${INTEROP_DEBUG:+--debug}
+# Deleting history from one's own view (urn:confab:history:0): items and a
+# whole conversation go from alice's MAM on both her devices, the other
+# device is notified, bob's archive is unchanged, and the inbox agrees.
+run history_scenario $py "$here/history_scenario.py" --server 127.0.0.1 --port "$port" \
     --domain localhost --cafile "$cert" --password interop-pw-1 ${INTEROP_DEBUG:+--debug}
 
 # Graceful stop: SIGTERM, exit status 0.

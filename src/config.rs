@@ -26,6 +26,7 @@ pub struct Config {
     pub sm: Sm,
     /// The message archive (XEP-0313).
     pub mam: Mam,
+    pub inbox: Inbox,
     /// While every available resource of a user is `dnd`, chat and normal
     /// messages with a body to the user are held (durably, like offline
     /// messages) until one of them leaves `dnd` or another one comes
@@ -70,6 +71,20 @@ impl Default for Mam {
             enabled: true,
             max_page: 250,
         }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Inbox {
+    /// Keep each user's journal of conversations (XEP-0430 inbox, unread
+    /// counts).
+    pub enabled: bool,
+}
+
+impl Default for Inbox {
+    fn default() -> Self {
+        Inbox { enabled: true }
     }
 }
 
@@ -148,6 +163,7 @@ impl Default for Config {
             limits: Limits::default(),
             sm: Sm::default(),
             mam: Mam::default(),
+            inbox: Inbox::default(),
             dnd_defers_delivery: true,
             log: Log::default(),
         }

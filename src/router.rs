@@ -135,6 +135,20 @@ pub fn note_sender_stanza_id(id: Element) {
     let _ = SENDER_STANZA_ID.try_with(|c| *c.borrow_mut() = Some(id));
 }
 
+/// The archive id the sender's own archive gave the message being routed
+/// from a client, once it was archived.
+pub fn sender_archive_id() -> Option<u64> {
+    SENDER_STANZA_ID
+        .try_with(|c| {
+            c.borrow()
+                .as_ref()
+                .and_then(|e| e.attr("id"))
+                .and_then(|i| i.parse().ok())
+        })
+        .ok()
+        .flatten()
+}
+
 /// Whether a stanza between `a` and `b` is between a user and the server
 /// itself, or within one account: never subject to filters.
 fn unfiltered(ctx: &Ctx, a: &Jid, b: &Jid) -> bool {

@@ -286,7 +286,7 @@ async fn archives_for(ctx: &Ctx, cache: &PrefsCache, user: &BareJid, other: &Bar
     }
 }
 
-fn is_local_user(ctx: &Ctx, j: &BareJid) -> bool {
+pub(crate) fn is_local_user(ctx: &Ctx, j: &BareJid) -> bool {
     ctx.is_account_address(j.node().is_some(), j.domain().as_str())
 }
 
@@ -384,24 +384,17 @@ struct Mam {
 }
 
 fn bad(text: &str) -> StanzaError {
-    simple_error(Cond::BadRequest, Some(text))
+    super::bad_request(text)
 }
 
 fn internal(e: crate::store::StoreError) -> StanzaError {
-    tracing::error!(error = %e, "archive read failed");
-    simple_error(Cond::InternalServerError, None)
+    super::store_failed("archive read", e)
 }
 
 impl IqHandler for Mam {
     fn handle<'a>(&'a self, ctx: &'a Arc<Ctx>, req: IqRequest) -> BoxFuture<'a, IqResult> {
         Box::pin(async move {
-            if !req.is_self() {
-                return Err(simple_error(
-                    Cond::Forbidden,
-                    Some("an archive is queried by its own account"),
-                ));
-            }
-            let user = req.from.bare();
+            let user = req.owner_only("an archive is queried by its own account")?;
             // The ids a client names came with messages it received: let
             // their writes land first.
             ctx.stores.archive.barrier().await.map_err(internal)?;

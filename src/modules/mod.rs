@@ -20,6 +20,8 @@ pub mod blocking;
 pub mod carbons;
 pub mod disco;
 pub mod dnd;
+pub mod history;
+pub mod inbox;
 pub mod mam;
 pub mod offline;
 pub mod ping;
@@ -73,6 +75,41 @@ impl IqRequest {
             Target::Server => false,
         }
     }
+}
+
+impl IqRequest {
+    /// For requests only the account's owner may make (about their own
+    /// archive, inbox, history): the owner's bare JID, else `forbidden`
+    /// saying `why`.
+    #[allow(clippy::result_large_err)]
+    pub fn owner_only(&self, why: &str) -> Result<BareJid, StanzaError> {
+        if self.is_self() {
+            Ok(self.from.bare())
+        } else {
+            Err(crate::stanza::simple_error(
+                xmpp_parsers::stanza_error::DefinedCondition::Forbidden,
+                Some(why),
+            ))
+        }
+    }
+}
+
+/// A `bad-request` error saying what is wrong.
+pub fn bad_request(text: &str) -> StanzaError {
+    crate::stanza::simple_error(
+        xmpp_parsers::stanza_error::DefinedCondition::BadRequest,
+        Some(text),
+    )
+}
+
+/// A storage failure while answering: logged (what failed), and an
+/// `internal-server-error` that says nothing more.
+pub fn store_failed(what: &str, e: crate::store::StoreError) -> StanzaError {
+    tracing::error!(error = %e, "{what} failed");
+    crate::stanza::simple_error(
+        xmpp_parsers::stanza_error::DefinedCondition::InternalServerError,
+        None,
+    )
 }
 
 /// `Ok(Some(payload))` → result with payload; `Ok(None)` → empty result.
@@ -155,6 +192,14 @@ pub enum Event<'a> {
     SessionClosed { full: &'a FullJid },
     /// An account was deleted.
     UserDeleted { jid: &'a BareJid },
+    /// A user hid messages from their own view (`history.rs`): the whole
+    /// conversation `with`, or the messages `ids`; asked by `by`.
+    HistoryHidden {
+        user: &'a BareJid,
+        with: Option<&'a BareJid>,
+        ids: &'a [u64],
+        by: &'a Jid,
+    },
 }
 
 pub trait Listener: Send + Sync {
@@ -317,6 +362,29 @@ pub fn push(ctx: &Ctx, user: &BareJid, interest: crate::sessions::Interest, payl
     }
 }
 
+/// A notice from the account to each of its bound resources but `except`
+/// (the one whose request caused it): a headline message holding
+/// `payload`, neither archived nor stored offline nor carbon-copied.
+pub fn tell_other_resources(ctx: &Ctx, user: &BareJid, except: &Jid, payload: &Element) {
+    for r in ctx.sessions.resources(user) {
+        if r.full.as_str() == except.as_str() {
+            continue;
+        }
+        let mut m = crate::stanza::element(
+            "message",
+            crate::xml::ns::CLIENT,
+            &[
+                ("type", "headline"),
+                ("from", user.as_str()),
+                ("to", r.full.as_str()),
+                ("id", &crate::stanza::random_id(6)),
+            ],
+        );
+        m.append_child(payload.clone());
+        let _ = r.mailbox.deliver(m);
+    }
+}
+
 /// Register every module, in order. A feature is switched off by removing
 /// its line here.
 pub fn registry(config: &crate::config::Config) -> Registry {
@@ -332,6 +400,8 @@ pub fn registry(config: &crate::config::Config) -> Registry {
     blocking::register(&mut r);
     carbons::register(&mut r);
     mam::register(&mut r, config);
+    history::register(&mut r, config);
+    inbox::register(&mut r, config);
     offline::register(&mut r);
     dnd::register(&mut r, config);
     presence::register(&mut r);

@@ -241,6 +241,37 @@ pub fn ensure_drain(ctx: &Ctx, user: &BareJid) {
     }
 }
 
+/// Delete the queued messages of `user` that `hit` picks (history the
+/// user deleted); how many went.
+pub async fn purge(
+    ctx: &Ctx,
+    user: &BareJid,
+    hit: impl Fn(&Element) -> bool,
+) -> crate::store::StoreResult<usize> {
+    let mut after = None;
+    let mut gone = Vec::new();
+    loop {
+        let chunk = ctx
+            .stores
+            .offline
+            .chunk(user, after, CHUNK_ITEMS, CHUNK_BYTES)
+            .await?;
+        let Some(&(last, _)) = chunk.last() else {
+            break;
+        };
+        after = Some(last);
+        for (key, xml) in &chunk {
+            if crate::xml::parse(xml).is_ok_and(|m| hit(&m)) {
+                gone.push(*key);
+            }
+        }
+    }
+    if !gone.is_empty() {
+        ctx.stores.offline.remove(user, &gone).await?;
+    }
+    Ok(gone.len())
+}
+
 /// Offline messages the session's socket took: delete them.
 pub async fn delivered(ctx: &Ctx, user: &BareJid, keys: &[u64]) {
     if let Err(e) = ctx.stores.offline.remove(user, keys).await {

@@ -20,12 +20,15 @@ use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// A segment is rolled once it reaches this size.
 pub(crate) const SEGMENT_BYTES: u32 = 64 << 20;
 const HEADER: usize = 8;
+/// A record's view bit for a copy made by compaction: indexed when it is
+/// made, never read again into the index after a crash.
+pub(crate) const COPY: u8 = 0x80;
 /// Segments kept open for reading at most.
 const MAX_READERS: usize = 64;
 
@@ -132,9 +135,9 @@ fn seg_path(dir: &Path, seg: u32) -> PathBuf {
 
 struct SyncSet {
     /// The segment being written.
-    active: Option<Arc<File>>,
+    active: Option<(u32, Arc<File>)>,
     /// Segments finished since the last sync.
-    rolled: Vec<Arc<File>>,
+    rolled: Vec<(u32, Arc<File>)>,
     /// A segment was created since the last sync.
     dir: bool,
 }
@@ -146,6 +149,10 @@ pub(crate) struct LogFiles {
     sync: Mutex<SyncSet>,
     /// Written since the last sync.
     dirty: AtomicBool,
+    /// The number the next new segment gets.
+    next: AtomicU32,
+    /// The segment the writer appends to.
+    active: AtomicU32,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -183,6 +190,8 @@ impl LogFiles {
                 dir: false,
             }),
             dirty: AtomicBool::new(false),
+            next: AtomicU32::new(last + 1),
+            active: AtomicU32::new(0),
         };
         Ok((Arc::new(files), last))
     }
@@ -250,31 +259,65 @@ impl LogFiles {
         let mut end = from;
         for seg in segs {
             let data = std::fs::read(seg_path(&self.dir, seg))?;
-            let mut off = if seg == from.seg {
+            let start = if seg == from.seg {
                 from.off as usize
             } else {
                 0
             };
-            while let Some(payload) = data.get(off..).and_then(checked) {
-                let len = HEADER + payload.len();
-                if let Some(r) = decode(payload) {
-                    f(
-                        Loc {
-                            seg,
-                            off: off as u32,
-                            len: len as u32,
-                        },
-                        r,
-                    );
-                }
-                off += len;
-            }
+            let off = records(&data, seg, start, &mut f);
             end = Pos {
                 seg,
                 off: off as u32,
             };
         }
         Ok(end)
+    }
+
+    /// A number for a new segment (the writer's next, or a compaction's).
+    fn alloc(&self) -> u32 {
+        self.next.fetch_add(1, Ordering::AcqRel)
+    }
+
+    /// The segment the writer appends to.
+    pub(crate) fn active(&self) -> u32 {
+        self.active.load(Ordering::Acquire)
+    }
+
+    /// The bytes of a segment's file (`None`: there is none).
+    pub(crate) fn segment_len(&self, seg: u32) -> std::io::Result<Option<u64>> {
+        match std::fs::metadata(seg_path(&self.dir, seg)) {
+            Ok(m) => Ok(Some(m.len())),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Delete a segment's file; its space comes back once no descriptor
+    /// of it is left open here.
+    pub(crate) fn remove_segment(&self, seg: u32) -> std::io::Result<()> {
+        lock(&self.readers).remove(&seg);
+        lock(&self.sync).rolled.retain(|(s, _)| *s != seg);
+        match std::fs::remove_file(seg_path(&self.dir, seg)) {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => return Err(err),
+        }
+        File::open(&self.dir)?.sync_all()
+    }
+
+    /// Every intact record of one segment, in order, with its place.
+    pub(crate) fn scan_segment(
+        &self,
+        seg: u32,
+        mut f: impl FnMut(Loc, RecRef<'_>),
+    ) -> std::io::Result<()> {
+        let data = match std::fs::read(seg_path(&self.dir, seg)) {
+            Ok(d) => d,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(err) => return Err(err),
+        };
+        records(&data, seg, 0, &mut f);
+        Ok(())
     }
 
     /// Make everything written so far durable.
@@ -289,7 +332,7 @@ impl LogFiles {
             (files, std::mem::take(&mut s.dir))
         };
         let r = (|| {
-            for f in &files {
+            for (_, f) in &files {
                 f.sync_data()?;
             }
             if dir {
@@ -308,6 +351,26 @@ impl LogFiles {
     }
 }
 
+/// Each intact record of segment `seg` (its bytes `data`) from `off` on,
+/// up to the first damaged one; the offset after the last.
+fn records(data: &[u8], seg: u32, mut off: usize, f: &mut impl FnMut(Loc, RecRef<'_>)) -> usize {
+    while let Some(payload) = data.get(off..).and_then(checked) {
+        let len = HEADER + payload.len();
+        if let Some(r) = decode(payload) {
+            f(
+                Loc {
+                    seg,
+                    off: off as u32,
+                    len: len as u32,
+                },
+                r,
+            );
+        }
+        off += len;
+    }
+    off
+}
+
 fn payload_len(buf: &[u8]) -> usize {
     buf.get(..4)
         .and_then(|b| b.try_into().ok())
@@ -317,6 +380,9 @@ fn payload_len(buf: &[u8]) -> usize {
 /// The appending end of the log (one per process, on one thread).
 pub(crate) struct LogWriter {
     files: Arc<LogFiles>,
+    /// The writer's (synced by [`LogFiles::sync`]), or a compaction's
+    /// (synced by [`LogWriter::sync_own`]).
+    tracked: bool,
     seg: u32,
     file: Arc<File>,
     /// Bytes of the segment in the file.
@@ -326,19 +392,31 @@ pub(crate) struct LogWriter {
 }
 
 impl LogWriter {
-    /// Start writing segment `seg` (a new file).
-    pub(crate) fn create(files: Arc<LogFiles>, seg: u32) -> std::io::Result<LogWriter> {
-        let file = Self::new_segment(&files, seg)?;
+    /// Start the writer's log in a new segment.
+    pub(crate) fn create(files: Arc<LogFiles>) -> std::io::Result<LogWriter> {
+        Self::start(files, true)
+    }
+
+    /// Start a segment for a compaction's copies: numbered among the
+    /// writer's, made durable by [`LogWriter::sync_own`].
+    pub(crate) fn create_detached(files: Arc<LogFiles>) -> std::io::Result<LogWriter> {
+        Self::start(files, false)
+    }
+
+    fn start(files: Arc<LogFiles>, tracked: bool) -> std::io::Result<LogWriter> {
+        let seg = files.alloc();
+        let file = Self::new_segment(&files, seg, tracked)?;
         Ok(LogWriter {
             files,
+            tracked,
             seg,
             file,
             written: 0,
-            buf: Vec::with_capacity(256 * 1024),
+            buf: Vec::with_capacity(if tracked { 256 * 1024 } else { 0 }),
         })
     }
 
-    fn new_segment(files: &LogFiles, seg: u32) -> std::io::Result<Arc<File>> {
+    fn new_segment(files: &LogFiles, seg: u32, tracked: bool) -> std::io::Result<Arc<File>> {
         let file = Arc::new(
             OpenOptions::new()
                 .read(true)
@@ -346,13 +424,28 @@ impl LogWriter {
                 .create_new(true)
                 .open(seg_path(&files.dir, seg))?,
         );
-        let mut s = lock(&files.sync);
-        if let Some(old) = s.active.replace(file.clone()) {
-            s.rolled.push(old);
+        if tracked {
+            let mut s = lock(&files.sync);
+            if let Some(old) = s.active.replace((seg, file.clone())) {
+                s.rolled.push(old);
+            }
+            s.dir = true;
+            files.active.store(seg, Ordering::Release);
+            files.dirty.store(true, Ordering::Release);
         }
-        s.dir = true;
-        files.dirty.store(true, Ordering::Release);
         Ok(file)
+    }
+
+    /// The segment written.
+    pub(crate) fn segment(&self) -> u32 {
+        self.seg
+    }
+
+    /// Flush, and make this segment and its name durable (a compaction's).
+    pub(crate) fn sync_own(&mut self) -> std::io::Result<()> {
+        self.flush()?;
+        self.file.sync_data()?;
+        File::open(&self.files.dir)?.sync_all()
     }
 
     /// The position after everything appended.
@@ -374,7 +467,7 @@ impl LogWriter {
             + rec.from.len()
             + rec.to.len()
             + rec.xml.len();
-        if size > 0 && size + need > SEGMENT_BYTES as usize {
+        if size > 0 && size + need > SEGMENT_BYTES as usize && self.tracked {
             self.roll()?;
         }
         let off = self.written + self.buf.len() as u32;
@@ -405,19 +498,20 @@ impl LogWriter {
                 // What is queued is lost; go on in a fresh segment rather
                 // than after a partial write.
                 self.buf.clear();
-                self.seg += 1;
+                self.seg = self.files.alloc();
                 self.written = 0;
-                self.file = Self::new_segment(&self.files, self.seg)?;
+                self.file = Self::new_segment(&self.files, self.seg, self.tracked)?;
                 Err(err)
             }
         }
     }
 
-    fn roll(&mut self) -> std::io::Result<()> {
+    /// Go on in a new segment (the old one is sealed: written no more).
+    pub(crate) fn roll(&mut self) -> std::io::Result<()> {
         self.flush()?;
-        self.seg += 1;
+        self.seg = self.files.alloc();
         self.written = 0;
-        self.file = Self::new_segment(&self.files, self.seg)?;
+        self.file = Self::new_segment(&self.files, self.seg, self.tracked)?;
         Ok(())
     }
 }
@@ -443,7 +537,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (files, last) = LogFiles::open(dir.path()).unwrap();
         assert_eq!(last, 0);
-        let mut w = LogWriter::create(files.clone(), 1).unwrap();
+        let mut w = LogWriter::create(files.clone()).unwrap();
         let l1 = w.append(&rec(10, "<message>one</message>")).unwrap();
         let l2 = w.append(&rec(11, "<message>two</message>")).unwrap();
         // Not written yet: not readable.

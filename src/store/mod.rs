@@ -14,6 +14,7 @@ use xmpp_parsers::jid::BareJid;
 mod archive_log;
 pub mod sled;
 mod sled_archive;
+mod sled_journal;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -373,6 +374,16 @@ pub struct ArchivePage {
     pub first_index: usize,
 }
 
+/// What to hide from one user's view of the archive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hide {
+    /// Every message of the conversation with this bare JID (a user or a
+    /// room) the view holds now.
+    Conversation(BareJid),
+    /// These messages (their ids); all must be in the view.
+    Items(Vec<u64>),
+}
+
 /// The message archive: one log per conversation, a per-user view over
 /// it, and a per-user time index (ARCHITECTURE.md "Storage").
 pub trait ArchiveStore: Send + Sync {
@@ -391,10 +402,130 @@ pub trait ArchiveStore: Send + Sync {
     /// Run a query (off the async workers); it sees every message appended
     /// before it.
     fn query(&self, q: ArchiveQuery) -> BoxFuture<'_, StoreResult<ArchivePage>>;
+    /// Hide messages from `user`'s view only (the other party's view
+    /// never changes): `Ok(None)` when an item named is not in the view,
+    /// and then nothing changed; else how many were hidden. Durable once
+    /// resolved. A message no view holds any more is dead, and its bytes
+    /// are reclaimed in the background.
+    fn hide<'a>(
+        &'a self,
+        user: &'a BareJid,
+        what: Hide,
+    ) -> BoxFuture<'a, StoreResult<Option<usize>>>;
+    /// One message of `user`'s view, as of the last
+    /// [`ArchiveStore::barrier`] (at least).
+    fn get<'a>(
+        &'a self,
+        user: &'a BareJid,
+        id: u64,
+    ) -> BoxFuture<'a, StoreResult<Option<Archived>>>;
     /// Whether `user`'s archive holds `id`.
     fn contains(&self, user: &BareJid, id: u64) -> StoreResult<bool>;
     /// The first and last ids of `user`'s archive.
     fn bounds(&self, user: &BareJid) -> StoreResult<Option<(u64, u64)>>;
+}
+
+/// One conversation in a user's journal (the XEP-0430 inbox).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct JournalEntry {
+    /// The conversation: a bare JID (a user or a room).
+    pub jid: String,
+    /// The last message with a body: its id in the user's archive (0: not
+    /// archived).
+    pub last_id: u64,
+    /// When that message came (microseconds since the Unix epoch; unique
+    /// per user, the order of the journal).
+    pub activity: u64,
+    /// Messages not read.
+    pub unread: u32,
+    /// The newest unread messages (at most [`JournalEntry::TRACKED`]),
+    /// oldest first: archive id (0: none) and a hash of the message's `id`
+    /// attribute, for the markers that name them.
+    pub pending: Vec<(u64, u64)>,
+    /// Moved out of the inbox by the user (XEP-0430 "archive").
+    pub archived: bool,
+    /// Muted until (Unix seconds; 0: not muted).
+    pub mute_until: i64,
+}
+
+impl JournalEntry {
+    /// Unread messages remembered one by one at most.
+    pub const TRACKED: usize = 200;
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(40 + self.jid.len() + 16 * self.pending.len());
+        v.push(1);
+        v.extend_from_slice(&self.last_id.to_be_bytes());
+        v.extend_from_slice(&self.activity.to_be_bytes());
+        v.extend_from_slice(&self.unread.to_be_bytes());
+        v.push(u8::from(self.archived));
+        v.extend_from_slice(&self.mute_until.to_be_bytes());
+        v.extend_from_slice(&(self.jid.len() as u32).to_be_bytes());
+        v.extend_from_slice(self.jid.as_bytes());
+        for (id, h) in &self.pending {
+            v.extend_from_slice(&id.to_be_bytes());
+            v.extend_from_slice(&h.to_be_bytes());
+        }
+        v
+    }
+
+    pub fn decode(v: &[u8]) -> Option<JournalEntry> {
+        let u64_at = |i: usize| -> Option<u64> {
+            Some(u64::from_be_bytes(v.get(i..i + 8)?.try_into().ok()?))
+        };
+        if *v.first()? != 1 {
+            return None;
+        }
+        let unread = u32::from_be_bytes(v.get(17..21)?.try_into().ok()?);
+        let archived = *v.get(21)? != 0;
+        let mute_until = i64::from_be_bytes(v.get(22..30)?.try_into().ok()?);
+        let jlen = u32::from_be_bytes(v.get(30..34)?.try_into().ok()?) as usize;
+        let jid = String::from_utf8(v.get(34..34 + jlen)?.to_vec()).ok()?;
+        let rest = v.get(34 + jlen..)?;
+        let pending = rest
+            .chunks_exact(16)
+            .filter_map(|c| {
+                Some((
+                    u64::from_be_bytes(c.get(..8)?.try_into().ok()?),
+                    u64::from_be_bytes(c.get(8..)?.try_into().ok()?),
+                ))
+            })
+            .collect();
+        Some(JournalEntry {
+            jid,
+            last_id: u64_at(1)?,
+            activity: u64_at(9)?,
+            unread,
+            pending,
+            archived,
+            mute_until,
+        })
+    }
+}
+
+/// A change to one journal entry: given the entry (if any), the entry
+/// after (`None`: none). Called again if another change raced it.
+pub type JournalUpdate = Box<dyn FnMut(Option<JournalEntry>) -> Option<JournalEntry> + Send>;
+
+/// Each user's journal: one entry per conversation.
+pub trait JournalStore: Send + Sync {
+    /// Change the entry of `user`'s conversation with `conv` atomically;
+    /// the entries before and after. Durable with the next group commit.
+    fn update<'a>(
+        &'a self,
+        user: &'a BareJid,
+        conv: &'a str,
+        f: JournalUpdate,
+    ) -> BoxFuture<'a, StoreResult<(Option<JournalEntry>, Option<JournalEntry>)>>;
+    fn get<'a>(
+        &'a self,
+        user: &'a BareJid,
+        conv: &'a str,
+    ) -> BoxFuture<'a, StoreResult<Option<JournalEntry>>>;
+    /// All of `user`'s entries (in no particular order).
+    fn entries<'a>(&'a self, user: &'a BareJid) -> BoxFuture<'a, StoreResult<Vec<JournalEntry>>>;
+    /// Wait until every change so far is on disk.
+    fn sync(&self) -> BoxFuture<'_, StoreResult<()>>;
 }
 
 /// Every store the server uses.
@@ -405,6 +536,7 @@ pub struct Stores {
     pub offline: Arc<dyn OfflineStore>,
     pub userdata: Arc<dyn UserDataStore>,
     pub archive: Arc<dyn ArchiveStore>,
+    pub journal: Arc<dyn JournalStore>,
     /// Flush and close (on shutdown).
     pub closer: Arc<dyn StoreCloser>,
 }
@@ -424,6 +556,7 @@ impl Stores {
             offline: s.clone(),
             userdata: s.clone(),
             archive: s.clone(),
+            journal: s.clone(),
             closer: s,
         })
     }

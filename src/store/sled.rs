@@ -42,6 +42,8 @@ pub struct SledStore {
     offline: sled::Tree,
     userdata: sled::Tree,
     usage: sled::Tree,
+    /// Journal entries: user + NUL + conversation → `JournalEntry`.
+    pub(super) journal: sled::Tree,
     /// The message archive (see `sled_archive.rs`).
     pub(super) archive: super::sled_archive::Archive,
     flusher: Mutex<Option<std_mpsc::Sender<Waiter>>>,
@@ -70,14 +72,14 @@ pub(super) fn e<E: std::fmt::Display>(err: E) -> StoreError {
     StoreError(err.to_string())
 }
 
-fn user_prefix(user: &str) -> Vec<u8> {
+pub(super) fn user_prefix(user: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(user.len() + 1);
     k.extend_from_slice(user.as_bytes());
     k.push(0);
     k
 }
 
-fn user_key(user: &str, rest: &[u8]) -> Vec<u8> {
+pub(super) fn user_key(user: &str, rest: &[u8]) -> Vec<u8> {
     let mut k = user_prefix(user);
     k.extend_from_slice(rest);
     k
@@ -175,6 +177,7 @@ impl SledStore {
             offline: db.open_tree("offline").map_err(e)?,
             userdata: db.open_tree("userdata").map_err(e)?,
             usage: db.open_tree("usage").map_err(e)?,
+            journal: db.open_tree("journal").map_err(e)?,
             archive,
             db,
             flusher: Mutex::new(Some(tx)),
@@ -302,7 +305,13 @@ impl AccountStore for SledStore {
             // account that can be deleted again, never orphaned data that a
             // new account of the same name would inherit.
             let prefix = user_prefix(user);
-            for tree in [&self.roster, &self.offline, &self.userdata, &self.usage] {
+            for tree in [
+                &self.roster,
+                &self.offline,
+                &self.userdata,
+                &self.usage,
+                &self.journal,
+            ] {
                 Self::remove_prefix(tree, &prefix)?;
             }
             self.remove_archive_view(jid).await?;

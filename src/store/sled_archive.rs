@@ -34,7 +34,7 @@
 //! never goes back across restarts: a mark some seconds ahead of the last
 //! id is kept on disk, and the clock starts after it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
@@ -44,13 +44,22 @@ use tokio::sync::{mpsc, oneshot};
 
 use xmpp_parsers::jid::BareJid;
 
-use super::archive_log::{self, Loc, LogFiles, LogWriter, Pos, Rec};
+use super::archive_log::{self, Loc, LogFiles, LogWriter, Pos, Rec, COPY};
 use super::sled::{e, SledStore};
-use super::{ArchivePage, ArchiveQuery, ArchiveStore, ArchiveWrite, Archived, BoxFuture};
+use super::{ArchivePage, ArchiveQuery, ArchiveStore, ArchiveWrite, Archived, BoxFuture, Hide};
 use super::{StoreError, StoreResult};
 
 const HWM_KEY: &[u8] = b"Mhwm";
 const CKPT_KEY: &[u8] = b"Mckpt";
+/// A compaction under way: the segment copied and the copy's segment.
+const COMPACT_KEY: &[u8] = b"Mcompact";
+/// Dead bytes of a segment: `D` + segment number → u64 (both big endian).
+const DEAD_PREFIX: &[u8] = b"D";
+/// A segment of compaction copies: `K` + segment number.
+const COPY_PREFIX: &[u8] = b"K";
+/// The dead-bytes mark of a segment whose records were all copied: its
+/// file is to be deleted.
+const GONE: u64 = u64::MAX;
 /// How far ahead of the ids the mark on disk is kept (microseconds): after
 /// a restart ids (and the time they stand for) are at most this far ahead
 /// of the clock, and the mark is written once per such interval.
@@ -378,6 +387,88 @@ impl Index {
         Ok(())
     }
 
+    /// Stage in `batch` the chunk at `old_key` replaced by `entries`.
+    fn stage_chunk(batch: &mut sled::Batch, prefix: &[u8], old_key: &[u8], entries: &[Entry]) {
+        let Some(first) = entries.first() else {
+            batch.remove(old_key);
+            return;
+        };
+        let nk = chunk_key(prefix, first.id);
+        batch.insert(nk.as_slice(), encode_chunk(entries));
+        if nk != old_key {
+            batch.remove(old_key);
+        }
+    }
+
+    /// Edit the entries under `prefix` whose ids are in `ids`: `f` changes
+    /// one and says whether it stays. The chunks rewritten go into
+    /// `batch` (one prefix per batch: a second edit of the same prefix
+    /// would not see the first); the entries removed are returned.
+    fn edit(
+        &self,
+        batch: &mut sled::Batch,
+        prefix: &[u8],
+        ids: &BTreeSet<u64>,
+        mut f: impl FnMut(&mut Entry) -> bool,
+    ) -> StoreResult<Vec<Entry>> {
+        let (Some(&lo), Some(&hi)) = (ids.first(), ids.last()) else {
+            return Ok(Vec::new());
+        };
+        let mut removed = Vec::new();
+        for kv in self
+            .tree
+            .range(self.start_key(prefix, lo)?..=chunk_key(prefix, hi))
+        {
+            let (k, v) = kv.map_err(e)?;
+            if !k.starts_with(prefix) {
+                continue;
+            }
+            let mut es = decode_chunk(&v);
+            let mut changed = false;
+            es.retain_mut(|en| {
+                if !ids.contains(&en.id) {
+                    return true;
+                }
+                changed = true;
+                let keep = f(en);
+                if !keep {
+                    removed.push(*en);
+                }
+                keep
+            });
+            if changed {
+                Self::stage_chunk(batch, prefix, &k, &es);
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Stage in `batch` the dead bytes of removed entries, added to each
+    /// segment's count.
+    fn stage_dead(&self, batch: &mut sled::Batch, removed: &[Entry]) -> StoreResult<()> {
+        let mut dead: BTreeMap<u32, u64> = BTreeMap::new();
+        for en in removed {
+            *dead.entry(en.loc.seg).or_default() += u64::from(en.loc.len);
+        }
+        for (seg, n) in dead {
+            let k = dead_key(seg);
+            let cur = self.tree.get(&k).map_err(e)?.map_or(0, |v| decode_u64(&v));
+            if cur != GONE {
+                batch.insert(k, &cur.saturating_add(n).to_be_bytes()[..]);
+            }
+        }
+        Ok(())
+    }
+
+    /// Dead bytes of a segment.
+    fn dead(&self, seg: u32) -> StoreResult<u64> {
+        Ok(self
+            .tree
+            .get(dead_key(seg))
+            .map_err(e)?
+            .map_or(0, |v| decode_u64(&v)))
+    }
+
     /// Write a frozen table to sled, and how far it reaches.
     fn persist(&self, mem: &Mem) -> StoreResult<()> {
         for (prefix, entries) in &mem.map {
@@ -392,6 +483,22 @@ impl Index {
         self.tree.insert(CKPT_KEY, ck).map_err(e)?;
         Ok(())
     }
+}
+
+fn dead_key(seg: u32) -> Vec<u8> {
+    let mut k = DEAD_PREFIX.to_vec();
+    k.extend_from_slice(&seg.to_be_bytes());
+    k
+}
+
+fn copy_key(seg: u32) -> Vec<u8> {
+    let mut k = COPY_PREFIX.to_vec();
+    k.extend_from_slice(&seg.to_be_bytes());
+    k
+}
+
+fn seg_of_key(k: &[u8]) -> Option<u32> {
+    Some(u32::from_be_bytes(k.get(1..5)?.try_into().ok()?))
 }
 
 fn decode_ckpt(v: &[u8]) -> Pos {
@@ -424,11 +531,17 @@ enum Job {
     Barrier(oneshot::Sender<StoreResult<()>>),
     /// Remove a user's view (after everything queued before).
     RemoveView(BareJid, oneshot::Sender<StoreResult<()>>),
+    /// Hide messages from a user's view (after everything queued before).
+    Hide(BareJid, Hide, oneshot::Sender<StoreResult<Option<usize>>>),
+    /// Seal the segment being written, then reclaim what is dead.
+    Roll,
 }
 
 enum IndexJob {
     Persist(Arc<Mem>),
     RemoveView(BareJid, oneshot::Sender<StoreResult<()>>),
+    Hide(BareJid, Hide, oneshot::Sender<StoreResult<Option<usize>>>),
+    Reclaim,
 }
 
 /// The archive of a store.
@@ -444,8 +557,16 @@ impl Archive {
     /// Open the archive: the log in `dir`, the index in `tree`; read the
     /// log's records the index does not hold yet.
     pub(crate) fn open(tree: sled::Tree, dir: &Path) -> StoreResult<Archive> {
-        let (log, last_seg) = LogFiles::open(dir)
+        let (log, _) = LogFiles::open(dir)
             .map_err(|err| StoreError(format!("cannot open {}: {err}", dir.display())))?;
+        // A compaction that did not finish: its copies are not indexed,
+        // the old segment still is.
+        if let Some(v) = tree.get(COMPACT_KEY).map_err(e)? {
+            let copy = decode_ckpt(&v).off;
+            log.remove_segment(copy)
+                .map_err(|err| StoreError(format!("cannot remove a partial compaction: {err}")))?;
+            tree.remove(COMPACT_KEY).map_err(e)?;
+        }
         let ckpt = tree
             .get(CKPT_KEY)
             .map_err(e)?
@@ -455,7 +576,10 @@ impl Archive {
         let end = log
             .scan(ckpt, |loc, r| {
                 max_id = max_id.max(r.id);
-                active.index(loc, r.id, r.bits, r.a, r.b);
+                // Copies were indexed when they were made.
+                if r.bits & COPY == 0 {
+                    active.index(loc, r.id, r.bits, r.a, r.b);
+                }
             })
             .map_err(|err| StoreError(format!("cannot read the archive log: {err}")))?;
         active.end = end;
@@ -466,7 +590,7 @@ impl Archive {
             );
         }
         let clock = IdClock::open(&tree, max_id)?;
-        let writer = LogWriter::create(log.clone(), last_seg + 1)
+        let writer = LogWriter::create(log.clone())
             .map_err(|err| StoreError(format!("cannot start an archive segment: {err}")))?;
         let index = Arc::new(Index {
             tree,
@@ -477,11 +601,14 @@ impl Archive {
         });
         let (tx, rx) = mpsc::channel(QUEUE);
         let (itx, irx) = std_mpsc::channel();
+        // Whatever an earlier run left to reclaim.
+        let _ = itx.send(IndexJob::Reclaim);
         let idx = index.clone();
         let ilog = log.clone();
+        let roller = tx.downgrade();
         let index_thread = std::thread::Builder::new()
             .name("confab-archive-index".into())
-            .spawn(move || index_loop(idx, ilog, irx))
+            .spawn(move || index_loop(idx, ilog, irx, roller))
             .map_err(e)?;
         let idx = index.clone();
         let thread = std::thread::Builder::new()
@@ -534,6 +661,15 @@ impl Archive {
     pub(crate) async fn remove_view(&self, user: &BareJid) -> StoreResult<()> {
         let (tx, rx) = oneshot::channel();
         self.send(Job::RemoveView(user.clone(), tx)).await?;
+        rx.await
+            .map_err(|_| StoreError("archive writer stopped".into()))?
+    }
+
+    /// Hide messages from a user's view: `None` when an item named is not
+    /// in it (then nothing changed), else how many were hidden.
+    pub(crate) async fn hide(&self, user: &BareJid, what: Hide) -> StoreResult<Option<usize>> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Job::Hide(user.clone(), what, tx)).await?;
         rx.await
             .map_err(|_| StoreError("archive writer stopped".into()))?
     }
@@ -601,6 +737,7 @@ fn write_loop(
         };
         let mut barriers = Vec::new();
         let mut remove = None;
+        let mut roll = false;
         let mut failed = None;
         let mut next = Some(first);
         let mut n = 0;
@@ -630,7 +767,15 @@ fn write_loop(
                 }
                 Job::Barrier(b) => barriers.push(b),
                 Job::RemoveView(user, reply) => {
-                    remove = Some((user, reply));
+                    remove = Some(IndexJob::RemoveView(user, reply));
+                    break;
+                }
+                Job::Hide(user, what, reply) => {
+                    remove = Some(IndexJob::Hide(user, what, reply));
+                    break;
+                }
+                Job::Roll => {
+                    roll = true;
                     break;
                 }
             }
@@ -649,13 +794,22 @@ fn write_loop(
         for b in barriers {
             let _ = b.send(failed.clone().map_or(Ok(()), Err));
         }
-        if let Some((user, reply)) = remove {
+        if roll {
+            // The segment is sealed; once everything in it is in sled (the
+            // freeze below), it may be reclaimed.
+            match log.roll() {
+                Ok(()) => index.write_mem().active.end = log.end(),
+                Err(err) => tracing::error!(error = %err, "archive segment roll failed"),
+            }
+            remove = Some(IndexJob::Reclaim);
+        }
+        if let Some(job) = remove {
             // Everything before goes to sled first: the removal then
             // sees all of the user's entries, and a replay after a crash
             // never brings back what it removed.
             let f = freeze(&mut index.write_mem());
             let _ = itx.send(IndexJob::Persist(f));
-            let _ = itx.send(IndexJob::RemoveView(user, reply));
+            let _ = itx.send(job);
         }
         // Under load more jobs come in meanwhile: taken after a short
         // sleep, they spare their senders waking this thread for each.
@@ -686,7 +840,29 @@ fn freeze(m: &mut MemState) -> Arc<Mem> {
     f
 }
 
-fn index_loop(index: Arc<Index>, log: Arc<LogFiles>, rx: std_mpsc::Receiver<IndexJob>) {
+fn index_loop(
+    index: Arc<Index>,
+    log: Arc<LogFiles>,
+    rx: std_mpsc::Receiver<IndexJob>,
+    roller: mpsc::WeakSender<Job>,
+) {
+    // After a removal: seal the segment being written if at least half of
+    // it is dead (it is reclaimed after the roll), else reclaim at once.
+    let after_removal = |index: &Index, log: &Arc<LogFiles>| {
+        let active = log.active();
+        let dead = index.dead(active).unwrap_or(0);
+        let size = log.segment_len(active).ok().flatten().unwrap_or(0);
+        if dead > 0 && dead.saturating_mul(2) >= size {
+            if let Some(tx) = roller.upgrade() {
+                if tx.try_send(Job::Roll).is_ok() {
+                    return;
+                }
+            }
+        }
+        if let Err(err) = reclaim(index, log) {
+            tracing::error!(error = %err, "archive reclaim failed");
+        }
+    };
     while let Ok(job) = rx.recv() {
         match job {
             IndexJob::Persist(mem) => match index.persist(&mem) {
@@ -699,9 +875,252 @@ fn index_loop(index: Arc<Index>, log: Arc<LogFiles>, rx: std_mpsc::Receiver<Inde
             },
             IndexJob::RemoveView(user, reply) => {
                 let _ = reply.send(remove_view(&index, &log, &user));
+                after_removal(&index, &log);
+            }
+            IndexJob::Hide(user, what, reply) => {
+                let r = hide(&index, &log, &user, &what);
+                let changed = matches!(r, Ok(Some(n)) if n > 0);
+                let _ = reply.send(r);
+                if changed {
+                    after_removal(&index, &log);
+                }
+            }
+            IndexJob::Reclaim => {
+                if let Err(err) = reclaim(&index, &log) {
+                    tracing::error!(error = %err, "archive reclaim failed");
+                }
             }
         }
     }
+}
+
+/// Hide messages from `user`'s view (everything before is in sled): the
+/// user's bit goes from the conversation's entries (an entry no view
+/// holds any more goes, and its record's bytes count as dead) and the
+/// entries go from the user's time index, in one atomic batch. `None`
+/// when an item named is not in the view.
+fn hide(index: &Index, log: &LogFiles, user: &BareJid, what: &Hide) -> StoreResult<Option<usize>> {
+    let up = user_prefix(user);
+    let u = user.as_str().as_bytes();
+    // Conversation prefix → (the user's bit in it, ids).
+    let mut by_conv: HashMap<Vec<u8>, (u8, BTreeSet<u64>)> = HashMap::new();
+    let mut uids = BTreeSet::new();
+    match what {
+        Hide::Conversation(with) => {
+            let (a, b) = ordered(user, with);
+            let conv = pair_key(a, b);
+            let bit = owner_bit(user, a, b);
+            let mut ids = BTreeSet::new();
+            for kv in index.tree.scan_prefix(&conv) {
+                let (_, v) = kv.map_err(e)?;
+                ids.extend(
+                    decode_chunk(&v)
+                        .iter()
+                        .filter(|en| en.bits & bit != 0)
+                        .map(|en| en.id),
+                );
+            }
+            uids.extend(ids.iter().copied());
+            by_conv.insert(conv, (bit, ids));
+        }
+        Hide::Items(ids) => {
+            for &id in ids {
+                let Some(en) = index.find(&up, id)? else {
+                    return Ok(None);
+                };
+                uids.insert(id);
+                // A record no longer readable is only in the time index.
+                let Some(p) = log.read(en.loc, en.id).map_err(e)? else {
+                    continue;
+                };
+                let Some(r) = archive_log::decode(&p) else {
+                    continue;
+                };
+                let bit = u8::from(r.a == u) | (u8::from(r.b == u) << 1);
+                by_conv
+                    .entry(pair_key_bytes(r.a, r.b))
+                    .or_insert_with(|| (bit, BTreeSet::new()))
+                    .1
+                    .insert(id);
+            }
+        }
+    }
+    if uids.is_empty() {
+        return Ok(Some(0));
+    }
+    let mut batch = sled::Batch::default();
+    let mut dead = Vec::new();
+    for (conv, (bit, ids)) in &by_conv {
+        dead.extend(index.edit(&mut batch, conv, ids, |en| {
+            en.bits &= !*bit;
+            en.bits & VIEWS != 0
+        })?);
+    }
+    index.edit(&mut batch, &up, &uids, |_| false)?;
+    index.stage_dead(&mut batch, &dead)?;
+    index.tree.apply_batch(batch).map_err(e)?;
+    Ok(Some(uids.len()))
+}
+
+/// Reclaim the space of dead records in sealed segments: those whose
+/// records are all in sled's chunks (before the checkpoint's segment, or
+/// compaction copies) and at least half dead. Each is compacted: its live
+/// records (an entry points at them and a view holds them) are copied to
+/// a new segment, the entries repointed in one atomic batch, and the old
+/// file deleted.
+fn reclaim(index: &Index, log: &Arc<LogFiles>) -> StoreResult<()> {
+    let ckpt = index
+        .tree
+        .get(CKPT_KEY)
+        .map_err(e)?
+        .map_or(Pos::default(), |v| decode_ckpt(&v));
+    let mut todo = Vec::new();
+    for kv in index.tree.scan_prefix(DEAD_PREFIX) {
+        let (k, v) = kv.map_err(e)?;
+        let Some(seg) = seg_of_key(&k) else {
+            continue;
+        };
+        todo.push((seg, decode_u64(&v)));
+    }
+    for (seg, dead) in todo {
+        if dead == GONE {
+            forget_segment(index, log, seg)?;
+            continue;
+        }
+        let copies = index.tree.contains_key(copy_key(seg)).map_err(e)?;
+        if seg == log.active() || !(seg < ckpt.seg || copies) {
+            continue;
+        }
+        let Some(size) = log.segment_len(seg).map_err(e)? else {
+            index.tree.remove(dead_key(seg)).map_err(e)?;
+            continue;
+        };
+        if dead.saturating_mul(2) >= size {
+            compact(index, log, seg)?;
+        }
+    }
+    Ok(())
+}
+
+/// Delete a segment nothing points into, and what sled says of it.
+fn forget_segment(index: &Index, log: &LogFiles, seg: u32) -> StoreResult<()> {
+    log.remove_segment(seg).map_err(e)?;
+    index.tree.remove(dead_key(seg)).map_err(e)?;
+    index.tree.remove(copy_key(seg)).map_err(e)?;
+    Ok(())
+}
+
+/// A live record being copied.
+struct Live {
+    id: u64,
+    bits: u8,
+    a: String,
+    b: String,
+    from: String,
+    to: String,
+    xml: Vec<u8>,
+}
+
+fn compact(index: &Index, log: &Arc<LogFiles>, seg: u32) -> StoreResult<()> {
+    let mut live = Vec::new();
+    let mut failed = None;
+    log.scan_segment(seg, |loc, r| {
+        let conv = pair_key_bytes(r.a, r.b);
+        match index.find(&conv, r.id) {
+            Ok(Some(en)) if en.loc == loc && en.bits & VIEWS != 0 => {
+                let s = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+                live.push(Live {
+                    id: r.id,
+                    bits: en.bits,
+                    a: s(r.a),
+                    b: s(r.b),
+                    from: s(r.from),
+                    to: s(r.to),
+                    xml: r.xml.to_vec(),
+                });
+            }
+            Ok(_) => {}
+            Err(err) => failed = Some(err),
+        }
+    })
+    .map_err(e)?;
+    if let Some(err) = failed {
+        return Err(err);
+    }
+    let dead_bytes = index.dead(seg)?;
+    if live.is_empty() {
+        forget_segment(index, log, seg)?;
+        tracing::info!(
+            segment = seg,
+            bytes = dead_bytes,
+            "archive segment reclaimed"
+        );
+        return Ok(());
+    }
+    let mut w = LogWriter::create_detached(log.clone()).map_err(e)?;
+    let copy = w.segment();
+    let mut mark = Vec::with_capacity(8);
+    mark.extend_from_slice(&seg.to_be_bytes());
+    mark.extend_from_slice(&copy.to_be_bytes());
+    index.tree.insert(COMPACT_KEY, mark).map_err(e)?;
+    index.tree.flush().map_err(e)?;
+    // Prefix → id → new place.
+    let mut moves: HashMap<Vec<u8>, BTreeMap<u64, Loc>> = HashMap::new();
+    for l in &live {
+        let loc = w
+            .append(&Rec {
+                id: l.id,
+                bits: l.bits | COPY,
+                a: &l.a,
+                b: &l.b,
+                from: &l.from,
+                to: &l.to,
+                xml: &l.xml,
+            })
+            .map_err(e)?;
+        let (a, b) = (l.a.as_bytes(), l.b.as_bytes());
+        moves
+            .entry(pair_key_bytes(a, b))
+            .or_default()
+            .insert(l.id, loc);
+        if l.bits & 1 != 0 {
+            moves
+                .entry(user_prefix_bytes(a))
+                .or_default()
+                .insert(l.id, loc);
+        }
+        if l.bits & 2 != 0 && a != b {
+            moves
+                .entry(user_prefix_bytes(b))
+                .or_default()
+                .insert(l.id, loc);
+        }
+    }
+    w.sync_own().map_err(e)?;
+    let mut batch = sled::Batch::default();
+    for (prefix, m) in &moves {
+        let ids: BTreeSet<u64> = m.keys().copied().collect();
+        index.edit(&mut batch, prefix, &ids, |en| {
+            if let Some(loc) = m.get(&en.id) {
+                en.loc = *loc;
+            }
+            true
+        })?;
+    }
+    batch.insert(dead_key(seg), &GONE.to_be_bytes()[..]);
+    batch.insert(copy_key(copy), &[][..]);
+    batch.remove(COMPACT_KEY);
+    index.tree.apply_batch(batch).map_err(e)?;
+    index.tree.flush().map_err(e)?;
+    forget_segment(index, log, seg)?;
+    tracing::info!(
+        segment = seg,
+        bytes = dead_bytes,
+        copied = live.len(),
+        into = copy,
+        "archive segment compacted"
+    );
+    Ok(())
 }
 
 /// Remove `user`'s view from the chunks (the tables in memory hold none
@@ -744,6 +1163,15 @@ fn remove_view(index: &Index, log: &LogFiles, user: &BareJid) -> StoreResult<()>
                 changed = true;
             }
             if changed {
+                let mut batch = sled::Batch::default();
+                index.stage_dead(
+                    &mut batch,
+                    &es.iter()
+                        .filter(|en| en.bits & VIEWS == 0)
+                        .copied()
+                        .collect::<Vec<_>>(),
+                )?;
+                index.tree.apply_batch(batch).map_err(e)?;
                 es.retain(|en| en.bits & VIEWS != 0);
                 index.put_chunk(conv, &k, &es)?;
             }
@@ -1095,6 +1523,38 @@ impl ArchiveStore for SledStore {
         })
     }
 
+    fn hide<'a>(
+        &'a self,
+        user: &'a BareJid,
+        what: Hide,
+    ) -> BoxFuture<'a, StoreResult<Option<usize>>> {
+        Box::pin(async move {
+            let r = self.archive.hide(user, what).await?;
+            if matches!(r, Some(n) if n > 0) {
+                self.commit().await?;
+            }
+            Ok(r)
+        })
+    }
+
+    fn get<'a>(
+        &'a self,
+        user: &'a BareJid,
+        id: u64,
+    ) -> BoxFuture<'a, StoreResult<Option<Archived>>> {
+        let reader = Reader {
+            index: self.archive.index.clone(),
+            log: self.archive.log.clone(),
+        };
+        let prefix = user_prefix(user);
+        Box::pin(async move {
+            let Some(en) = reader.index.find(&prefix, id)? else {
+                return Ok(None);
+            };
+            reader.fetch(&en)
+        })
+    }
+
     fn contains(&self, user: &BareJid, id: u64) -> StoreResult<bool> {
         Ok(self.archive.index.find(&user_prefix(user), id)?.is_some())
     }
@@ -1243,6 +1703,96 @@ mod tests {
         assert!(s.next_id() > last);
         assert_eq!(s.query(q2).await.unwrap().count, 25);
         assert_eq!(s.query(q(a)).await.unwrap().count, 0);
+    }
+
+    fn log_files(dir: &Path) -> Vec<(String, u64)> {
+        let mut v: Vec<(String, u64)> = std::fs::read_dir(dir.join("archive"))
+            .unwrap()
+            .map(|e| e.unwrap())
+            .map(|e| {
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    e.metadata().unwrap().len(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Hiding is per view and all or nothing; dead records are reclaimed
+    /// (the live ones in their segments kept); an unfinished compaction is
+    /// undone at the next start.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn hide_reclaim_and_unfinished_compaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b, c, d) = ("a@x", "b@x", "c@x", "d@x");
+        let body = "y".repeat(1000);
+        let mut ab = Vec::new();
+        let mut cd = Vec::new();
+        let junk;
+        {
+            let s = SledStore::open(dir.path()).unwrap();
+            for i in 0..40 {
+                ab.push(write(&s, a, b, &[a, b], &format!("{i}{body}")).await);
+                if i % 10 == 0 {
+                    cd.push(write(&s, c, d, &[c, d], &format!("cd{i}")).await);
+                }
+            }
+            // An id not in a's view: nothing changes.
+            let r = s
+                .hide(&jid(a), Hide::Items(vec![ab[0], cd[0]]))
+                .await
+                .unwrap();
+            assert_eq!(r, None);
+            assert_eq!(s.query(q(a)).await.unwrap().count, 40);
+            // a hides two, then the rest: b keeps everything.
+            let r = s.hide(&jid(a), Hide::Items(vec![ab[1], ab[3]])).await;
+            assert_eq!(r.unwrap(), Some(2));
+            let mut qa = q(a);
+            qa.with = Some(jid(b));
+            assert_eq!(s.query(qa.clone()).await.unwrap().count, 38);
+            let r = s.hide(&jid(a), Hide::Conversation(jid(b))).await;
+            assert_eq!(r.unwrap(), Some(38));
+            assert_eq!(s.query(qa).await.unwrap().count, 0);
+            assert_eq!(s.query(q(a)).await.unwrap().count, 0);
+            assert_eq!(s.query(q(b)).await.unwrap().count, 40);
+            assert_eq!(s.archive.index.dead(s.archive.log.active()).unwrap(), 0);
+            let before: u64 = log_files(dir.path()).iter().map(|f| f.1).sum();
+            // b too: the a-b records are dead, the segment is sealed and
+            // compacted; c-d's records move.
+            let r = s.hide(&jid(b), Hide::Conversation(jid(a))).await;
+            assert_eq!(r.unwrap(), Some(40));
+            let mut after = before;
+            for _ in 0..100 {
+                after = log_files(dir.path()).iter().map(|f| f.1).sum();
+                if after < before / 10 {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            assert!(after < before / 10, "{before} → {after}");
+            let mut qc = q(c);
+            qc.with = Some(jid(d));
+            let p = s.query(qc).await.unwrap();
+            assert_eq!(p.items.iter().map(|i| i.id).collect::<Vec<_>>(), cd);
+            assert!(p.items[3].xml.contains("cd30"));
+            // A compaction that stopped half way: its copy is not indexed.
+            let copy = s.archive.log.active() + 50;
+            junk = format!("{copy:08}.log");
+            std::fs::write(dir.path().join("archive").join(&junk), b"junk").unwrap();
+            let mut mark = 1u32.to_be_bytes().to_vec();
+            mark.extend_from_slice(&copy.to_be_bytes());
+            s.archive.index.tree.insert(COMPACT_KEY, mark).unwrap();
+            s.archive.index.tree.flush().unwrap();
+        }
+        let s = SledStore::open(dir.path()).unwrap();
+        assert!(!log_files(dir.path()).iter().any(|(n, _)| *n == junk));
+        assert!(s.archive.index.tree.get(COMPACT_KEY).unwrap().is_none());
+        let mut qd = q(d);
+        qd.with = Some(jid(c));
+        assert_eq!(s.query(qd).await.unwrap().count, 4);
+        assert_eq!(s.query(q(b)).await.unwrap().count, 0);
     }
 
     /// Entries not yet in sled are read again from the log after a crash;
