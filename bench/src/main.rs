@@ -9,11 +9,14 @@
 //! address (Confab 127.0.0.10, Prosody 127.0.0.11, ejabberd 127.0.0.12),
 //! gets its users, is measured, and is stopped by PID. The targets are
 //! Confab, Confab with its archive off (`confab-nomam`, chat only),
-//! Prosody and ejabberd; the `mam` scenario (archive queries on a large
-//! archive) runs for Confab only. Results are printed as one table and
+//! Confab without its journal (`confab-noinbox`, chat only), Prosody and
+//! ejabberd; the `mam` scenario (archive queries on a large archive) and
+//! the `inbox` scenario (inbox queries at 1,000 conversations) run for
+//! Confab only. Results are printed as one table and
 //! written as JSON to bench/results/.
 
 mod client;
+mod inbox;
 mod mam;
 mod scenarios;
 mod targets;
@@ -33,6 +36,8 @@ enum Which {
     Confab,
     /// Confab with `[mam] enabled = false` (chat scenario only).
     ConfabNomam,
+    /// Confab with `[inbox] enabled = false` (chat scenario only).
+    ConfabNoinbox,
     Prosody,
     Ejabberd,
     All,
@@ -44,6 +49,8 @@ enum Scenario {
     Chat,
     /// Archive queries on a large archive, and chat on it (Confab only).
     Mam,
+    /// Inbox queries of a user with many conversations (Confab only).
+    Inbox,
     All,
 }
 
@@ -96,6 +103,12 @@ struct Args {
     /// Page walks through a whole archive in the mam scenario.
     #[arg(long, default_value_t = 10)]
     mam_walks: usize,
+    /// Conversations of the user whose inbox the inbox scenario queries.
+    #[arg(long, default_value_t = 1000)]
+    inbox_conversations: usize,
+    /// Queries of each kind in the inbox scenario.
+    #[arg(long, default_value_t = 1000)]
+    inbox_queries: usize,
     /// SASL mechanism for logins.
     #[arg(long, value_enum, default_value = "scram")]
     mech: MechArg,
@@ -112,12 +125,13 @@ struct TargetResult {
     connect: Option<ConnectResult>,
     chat: Option<ChatResult>,
     mam: Option<MamResult>,
+    inbox: Option<inbox::InboxResult>,
     error: Option<String>,
 }
 
 fn version(kind: Kind) -> String {
     let cmd: &[&str] = match kind {
-        Kind::Confab | Kind::ConfabNomam => {
+        Kind::Confab | Kind::ConfabNomam | Kind::ConfabNoinbox => {
             return format!("{} {}", kind.name(), env!("CARGO_PKG_VERSION"))
         }
         Kind::Prosody => &["dpkg-query", "-W", "-f", "${Version}", "prosody"],
@@ -168,6 +182,7 @@ async fn run_target(kind: Kind, args: &Args, work: &std::path::Path) -> TargetRe
         connect: None,
         chat: None,
         mam: None,
+        inbox: None,
         error: None,
     };
     let t = Target {
@@ -182,7 +197,8 @@ async fn run_target(kind: Kind, args: &Args, work: &std::path::Path) -> TargetRe
     };
     // The archive changes nothing in logins: Confab without it runs the
     // chat scenario only.
-    if matches!(args.scenario, Scenario::Connect | Scenario::All) && kind != Kind::ConfabNomam {
+    let variant = matches!(kind, Kind::ConfabNomam | Kind::ConfabNoinbox);
+    if matches!(args.scenario, Scenario::Connect | Scenario::All) && !variant {
         match start(
             kind,
             &work.join("connect"),
@@ -280,6 +296,23 @@ async fn run_target(kind: Kind, args: &Args, work: &std::path::Path) -> TargetRe
                 eprintln!("   {e}");
                 res.error = Some(e);
                 return res;
+            }
+        }
+    }
+    if matches!(args.scenario, Scenario::Inbox | Scenario::All) && kind == Kind::Confab {
+        let users = args.inbox_conversations + 1;
+        match start(kind, &work.join("inbox"), users, &t, args.concurrency).await {
+            Ok(mut server) => {
+                let r = inbox::inbox(&t, args.inbox_conversations, args.inbox_queries, mech).await;
+                if let Some(e) = &r.error {
+                    eprintln!("   inbox: {e}");
+                }
+                res.inbox = Some(r);
+                server.stop();
+            }
+            Err(e) => {
+                eprintln!("   {e}");
+                res.error = Some(e);
             }
         }
     }
@@ -401,30 +434,39 @@ fn print_table(results: &[TargetResult]) {
     ];
     println!();
     println!(
-        "| {:<32} | {:>10} | {:>10} | {:>10} | {:>10} | {:>12} | {:>13} |",
-        "metric", "Confab", "no archive", "Prosody", "ejabberd", "vs Prosody", "vs ejabberd"
+        "| {:<32} | {:>10} | {:>10} | {:>10} | {:>10} | {:>10} | {:>12} | {:>13} |",
+        "metric",
+        "Confab",
+        "no archive",
+        "no journal",
+        "Prosody",
+        "ejabberd",
+        "vs Prosody",
+        "vs ejabberd"
     );
     println!(
-        "|{:-<34}|{:->12}|{:->12}|{:->12}|{:->12}|{:->14}|{:->15}|",
-        "", "", "", "", "", "", ""
+        "|{:-<34}|{:->12}|{:->12}|{:->12}|{:->12}|{:->12}|{:->14}|{:->15}|",
+        "", "", "", "", "", "", "", ""
     );
     for (name, f, prec, hib) in &rows {
         let c = metric(Kind::Confab, f.as_ref());
         let n = metric(Kind::ConfabNomam, f.as_ref());
+        let j = metric(Kind::ConfabNoinbox, f.as_ref());
         let p = metric(Kind::Prosody, f.as_ref());
         let e = metric(Kind::Ejabberd, f.as_ref());
         println!(
-            "| {:<32} | {:>10} | {:>10} | {:>10} | {:>10} | {:>12} | {:>13} |",
+            "| {:<32} | {:>10} | {:>10} | {:>10} | {:>10} | {:>10} | {:>12} | {:>13} |",
             name,
             cell(c, *prec),
             cell(n, *prec),
+            cell(j, *prec),
             cell(p, *prec),
             cell(e, *prec),
             hib.map(|h| ratio(c, p, h)).unwrap_or_default(),
             hib.map(|h| ratio(c, e, h)).unwrap_or_default()
         );
     }
-    println!("(Confab: archive on; no archive: Confab with [mam] enabled = false; ratios are Confab with its archive on against the peer)");
+    println!("(Confab: archive and journal on; no archive: Confab with [mam] enabled = false; no journal: Confab with [inbox] enabled = false; ratios are Confab with both on against the peer)");
     for r in results {
         let f = &r.features;
         let sm = r
@@ -456,6 +498,11 @@ fn print_table(results: &[TargetResult]) {
     for r in results {
         if let Some(m) = &r.mam {
             print_mam(r.server, m);
+        }
+    }
+    for r in results {
+        if let Some(i) = &r.inbox {
+            inbox::print(r.server.name(), i);
         }
     }
 }
@@ -541,11 +588,13 @@ async fn main() {
         let add: &[Kind] = match w {
             Which::Confab => &[Kind::Confab],
             Which::ConfabNomam => &[Kind::ConfabNomam],
+            Which::ConfabNoinbox => &[Kind::ConfabNoinbox],
             Which::Prosody => &[Kind::Prosody],
             Which::Ejabberd => &[Kind::Ejabberd],
             Which::All => &[
                 Kind::Confab,
                 Kind::ConfabNomam,
+                Kind::ConfabNoinbox,
                 Kind::Prosody,
                 Kind::Ejabberd,
             ],

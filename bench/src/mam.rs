@@ -87,11 +87,11 @@ pub struct MamResult {
     pub error: Option<String>,
 }
 
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-fn count(hay: &[u8], needle: &[u8]) -> usize {
+pub fn count(hay: &[u8], needle: &[u8]) -> usize {
     hay.windows(needle.len()).filter(|w| *w == needle).count()
 }
 
@@ -252,6 +252,38 @@ fn query_iq(id: &str, queryid: &str, with: Option<&str>, rsm: &str) -> String {
     )
 }
 
+/// Send the IQ `iq` (id `id`) and read everything up to its answer: the
+/// bytes, where the answer starts in them, and the time it took. An error
+/// answer is an error (`what`: the kind of query, for the message).
+pub async fn ask(
+    s: &mut Session,
+    id: &str,
+    iq: &str,
+    what: &str,
+) -> Result<(Vec<u8>, usize, Duration), String> {
+    let t0 = Instant::now();
+    s.write(iq).await?;
+    let got = tokio::time::timeout(
+        QUERY_TIMEOUT,
+        s.read_until("query result", |b| client::iq_end(b, id)),
+    )
+    .await
+    .map_err(|_| format!("no answer to a {what} query in {QUERY_TIMEOUT:?}"))??;
+    let took = t0.elapsed();
+    let fin_at = got
+        .windows(3)
+        .rposition(|w| w == b"<iq")
+        .ok_or("an answer without an IQ")?;
+    let fin = &got[fin_at..];
+    if find(fin, b"type='error'").is_some() || find(fin, b"type=\"error\"").is_some() {
+        return Err(format!(
+            "{what} query refused: {}",
+            String::from_utf8_lossy(&fin[..fin.len().min(400)])
+        ));
+    }
+    Ok((got, fin_at, took))
+}
+
 struct Page {
     results: usize,
     last: Option<String>,
@@ -269,26 +301,8 @@ async fn query(
     // The IQ id must not occur inside queryid='…' of the results.
     let id = format!("mam{n}");
     let queryid = format!("q{n}");
-    let t0 = Instant::now();
-    s.write(&query_iq(&id, &queryid, with, rsm)).await?;
-    let got = tokio::time::timeout(
-        QUERY_TIMEOUT,
-        s.read_until("MAM query result", |b| client::iq_end(b, &id)),
-    )
-    .await
-    .map_err(|_| format!("no answer to a MAM query in {QUERY_TIMEOUT:?}"))??;
-    let took = t0.elapsed();
-    let fin_at = got
-        .windows(3)
-        .rposition(|w| w == b"<iq")
-        .ok_or("an answer without an IQ")?;
+    let (got, fin_at, took) = ask(s, &id, &query_iq(&id, &queryid, with, rsm), "MAM").await?;
     let fin = &got[fin_at..];
-    if find(fin, b"type='error'").is_some() || find(fin, b"type=\"error\"").is_some() {
-        return Err(format!(
-            "MAM query refused: {}",
-            String::from_utf8_lossy(&fin[..fin.len().min(400)])
-        ));
-    }
     if find(fin, b"<fin").is_none() {
         return Err(format!(
             "MAM query answered without <fin/>: {}",
@@ -313,7 +327,7 @@ async fn query(
     ))
 }
 
-fn stats(mut lat: Vec<Duration>, mut s: QueryStats) -> QueryStats {
+pub fn stats(mut lat: Vec<Duration>, mut s: QueryStats) -> QueryStats {
     lat.sort_unstable();
     let pct = |p: f64| {
         if lat.is_empty() {
@@ -328,7 +342,7 @@ fn stats(mut lat: Vec<Duration>, mut s: QueryStats) -> QueryStats {
     s
 }
 
-fn note_error(s: &mut QueryStats, e: String) {
+pub fn note_error(s: &mut QueryStats, e: String) {
     s.errors += 1;
     if s.first_error.is_none() {
         s.first_error = Some(e);

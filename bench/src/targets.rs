@@ -3,7 +3,8 @@
 //! TLS required, offline storage, carbons, stream management and the
 //! message archive on, and nothing that would throttle the run. One
 //! target, `confab-nomam`, is Confab with its archive turned off, to show
-//! what archiving costs.
+//! what archiving costs; another, `confab-noinbox`, Confab without its
+//! journal (the inbox's unread counts), to show what that costs.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -19,6 +20,8 @@ pub enum Kind {
     Confab,
     /// Confab with `[mam] enabled = false`.
     ConfabNomam,
+    /// Confab with `[inbox] enabled = false` (the archive on).
+    ConfabNoinbox,
     Prosody,
     Ejabberd,
 }
@@ -28,6 +31,7 @@ impl Kind {
         match self {
             Kind::Confab => "confab",
             Kind::ConfabNomam => "confab-nomam",
+            Kind::ConfabNoinbox => "confab-noinbox",
             Kind::Prosody => "prosody",
             Kind::Ejabberd => "ejabberd",
         }
@@ -35,7 +39,7 @@ impl Kind {
 
     pub fn domain(self) -> &'static str {
         match self {
-            Kind::Confab | Kind::ConfabNomam => "confab.test",
+            Kind::Confab | Kind::ConfabNomam | Kind::ConfabNoinbox => "confab.test",
             Kind::Prosody => "prosody.test",
             Kind::Ejabberd => "ejabberd.test",
         }
@@ -43,7 +47,7 @@ impl Kind {
 
     fn ip(self) -> &'static str {
         match self {
-            Kind::Confab | Kind::ConfabNomam => "127.0.0.10",
+            Kind::Confab | Kind::ConfabNomam | Kind::ConfabNoinbox => "127.0.0.10",
             Kind::Prosody => "127.0.0.11",
             Kind::Ejabberd => "127.0.0.12",
         }
@@ -58,6 +62,13 @@ impl Kind {
         match self {
             Kind::Confab => Features {
                 archive: "built in (XEP-0313), sled",
+                carbons: "built in (XEP-0280)",
+                stream_management: "built in (XEP-0198)",
+                offline: "on",
+                storage: "sled, fsync before ack",
+            },
+            Kind::ConfabNoinbox => Features {
+                archive: "built in (XEP-0313), no journal ([inbox] enabled = false)",
                 carbons: "built in (XEP-0280)",
                 stream_management: "built in (XEP-0198)",
                 offline: "on",
@@ -276,7 +287,7 @@ impl Running {
             ));
         }
         match kind {
-            Kind::Confab | Kind::ConfabNomam => {
+            Kind::Confab | Kind::ConfabNomam | Kind::ConfabNoinbox => {
                 let bin = confab_binary()?;
                 let certs = work.join("certs");
                 let out = Command::new(peers_dir().join("cert.sh"))
@@ -300,9 +311,10 @@ impl Running {
                          [tls]\ncert = \"{certs}/{domain}.crt\"\nkey = \"{certs}/{domain}.key\"\n\
                          [limits]\nc2s_bytes_per_sec = 104857600\nsession_queue = 8192\nmax_connections_per_ip = 0\n\
                          auth_failures_per_ip = 1000000\nnegotiation_timeout_secs = 120\n\
-                         [mam]\nenabled = {mam}\n\
+                         [mam]\nenabled = {mam}\n[inbox]\nenabled = {inbox}\n\
                          [log]\nlevel = \"warn\"\n",
-                        mam = kind == Kind::Confab,
+                        mam = kind != Kind::ConfabNomam,
+                        inbox = kind != Kind::ConfabNoinbox,
                         domain = kind.domain(),
                         data = data.display(),
                         addr = kind.addr(),
@@ -380,7 +392,7 @@ impl Running {
     /// ejabberd.
     pub fn storage_dir(&self) -> PathBuf {
         match self.kind {
-            Kind::Confab | Kind::ConfabNomam => self.work.join("data"),
+            Kind::Confab | Kind::ConfabNomam | Kind::ConfabNoinbox => self.work.join("data"),
             Kind::Prosody => self.work.join("peers/prosody/data/prosody%2etest"),
             Kind::Ejabberd => self.work.join("peers/ejabberd/spool"),
         }

@@ -157,6 +157,11 @@ fn queued_match(m: &Element, user: &BareJid, with: Option<&BareJid>, ids: &[u64]
 
 /// Tell the user's other resources what was deleted.
 fn notify(ctx: &Ctx, user: &BareJid, requester: &Jid, what: &Hide) {
+    super::tell_other_resources(ctx, user, requester, || deleted(what));
+}
+
+/// The `<deleted/>` of a request.
+fn deleted(what: &Hide) -> Element {
     let mut deleted = Element::bare("deleted", NS);
     match what {
         Hide::Conversation(w) => crate::stanza::set_attr(&mut deleted, "with", w.as_str()),
@@ -166,5 +171,5 @@ fn notify(ctx: &Ctx, user: &BareJid, requester: &Jid, what: &Hide) {
             }
         }
     }
-    super::tell_other_resources(ctx, user, requester, &deleted);
+    deleted
 }

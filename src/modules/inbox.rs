@@ -128,11 +128,10 @@ fn entry_element(e: &JournalEntry, name: Option<&str>) -> Element {
 /// Push an entry change (`None`: removed) to the user's resources other
 /// than the one that caused it.
 fn push(ctx: &Ctx, user: &BareJid, conv: &str, e: Option<&JournalEntry>, except: &Jid) {
-    let el = match e {
+    super::tell_other_resources(ctx, user, except, || match e {
         Some(e) => entry_element(e, None),
         None => element("entry", NS, &[("jid", conv), ("removed", "true")]),
-    };
-    super::tell_other_resources(ctx, user, except, &el);
+    });
 }
 
 /// One instant message in `owner`'s conversation with `peer`, whose id in

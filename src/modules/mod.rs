@@ -363,13 +363,23 @@ pub fn push(ctx: &Ctx, user: &BareJid, interest: crate::sessions::Interest, payl
 }
 
 /// A notice from the account to each of its bound resources but `except`
-/// (the one whose request caused it): a headline message holding
-/// `payload`, neither archived nor stored offline nor carbon-copied.
-pub fn tell_other_resources(ctx: &Ctx, user: &BareJid, except: &Jid, payload: &Element) {
-    for r in ctx.sessions.resources(user) {
-        if r.full.as_str() == except.as_str() {
-            continue;
-        }
+/// (the one whose request caused it): a headline message holding the
+/// payload `make` builds (only if there is such a resource), neither
+/// archived nor stored offline nor carbon-copied.
+pub fn tell_other_resources(
+    ctx: &Ctx,
+    user: &BareJid,
+    except: &Jid,
+    make: impl FnOnce() -> Element,
+) {
+    let others = ctx
+        .sessions
+        .resources_where(user, |r| r.full.as_str() != except.as_str());
+    if others.is_empty() {
+        return;
+    }
+    let payload = make();
+    for r in others {
         let mut m = crate::stanza::element(
             "message",
             crate::xml::ns::CLIENT,

@@ -44,6 +44,8 @@ pub struct SledStore {
     usage: sled::Tree,
     /// Journal entries: user + NUL + conversation → `JournalEntry`.
     pub(super) journal: sled::Tree,
+    /// Journal changes not yet in sled, and entries used lately.
+    pub(super) journal_cache: std::sync::Arc<super::sled_journal::JournalCache>,
     /// The message archive (see `sled_archive.rs`).
     pub(super) archive: super::sled_archive::Archive,
     flusher: Mutex<Option<std_mpsc::Sender<Waiter>>>,
@@ -166,9 +168,12 @@ impl SledStore {
         let (tx, rx) = std_mpsc::channel::<Waiter>();
         let fdb = db.clone();
         let log = archive.log();
+        let journal = db.open_tree("journal").map_err(e)?;
+        let journal_cache = std::sync::Arc::new(super::sled_journal::JournalCache::default());
+        let (fj, fjc) = (journal.clone(), journal_cache.clone());
         let thread = std::thread::Builder::new()
             .name("confab-flush".into())
-            .spawn(move || flusher(fdb, &log, rx))
+            .spawn(move || flusher(fdb, &log, &fj, &fjc, rx))
             .map_err(e)?;
         Ok(SledStore {
             accounts: db.open_tree("accounts").map_err(e)?,
@@ -177,7 +182,8 @@ impl SledStore {
             offline: db.open_tree("offline").map_err(e)?,
             userdata: db.open_tree("userdata").map_err(e)?,
             usage: db.open_tree("usage").map_err(e)?,
-            journal: db.open_tree("journal").map_err(e)?,
+            journal,
+            journal_cache,
             archive,
             db,
             flusher: Mutex::new(Some(tx)),
@@ -231,7 +237,13 @@ impl SledStore {
     }
 }
 
-fn flusher(db: sled::Db, log: &super::archive_log::LogFiles, rx: std_mpsc::Receiver<Waiter>) {
+fn flusher(
+    db: sled::Db,
+    log: &super::archive_log::LogFiles,
+    journal: &sled::Tree,
+    journal_cache: &super::sled_journal::JournalCache,
+    rx: std_mpsc::Receiver<Waiter>,
+) {
     while let Ok(first) = rx.recv() {
         let mut waiters = vec![first];
         while let Ok(w) = rx.try_recv() {
@@ -239,9 +251,11 @@ fn flusher(db: sled::Db, log: &super::archive_log::LogFiles, rx: std_mpsc::Recei
         }
         // The archive's log first: sled's index of it may point only at
         // what is on disk.
+        // The journal's changes go with sled's flush.
         let result = log
             .sync()
             .map_err(e)
+            .and_then(|()| journal_cache.write_dirty(journal))
             .and_then(|()| db.flush().map(|_| ()).map_err(e));
         if let Err(err) = &result {
             tracing::error!(error = %err, "database flush failed");
@@ -249,6 +263,13 @@ fn flusher(db: sled::Db, log: &super::archive_log::LogFiles, rx: std_mpsc::Recei
         for w in waiters {
             let _ = w.send(result.clone());
         }
+    }
+    // Stopping: what the journal still holds goes to disk too.
+    if let Err(err) = journal_cache
+        .write_dirty(journal)
+        .and_then(|()| db.flush().map(|_| ()).map_err(e))
+    {
+        tracing::error!(error = %err, "database flush failed");
     }
 }
 
@@ -305,6 +326,7 @@ impl AccountStore for SledStore {
             // account that can be deleted again, never orphaned data that a
             // new account of the same name would inherit.
             let prefix = user_prefix(user);
+            self.journal_cache.forget(user);
             for tree in [
                 &self.roster,
                 &self.offline,

@@ -291,3 +291,27 @@ async fn storage_comes_back_once_both_sides_delete() {
         vec!["after0"]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_held_by_dnd_can_be_deleted_before_they_arrive() {
+    let s = TestServer::start().await;
+    s.add_user("alice", "a").await;
+    s.add_user("bob", "b").await;
+    let mut a = s.login("alice", "a", "pc").await;
+    a.send_raw("<presence><show>dnd</show></presence>").await;
+    a.expect_where(|e| e.name() == "presence").await;
+    let mut b = s.online("bob", "b", "desk").await;
+    b.send_raw(&chat("alice@localhost", "h0", "held 0")).await;
+    b.send_raw(&chat("alice@localhost", "h1", "held 1")).await;
+    b.iq("get", Some("localhost"), "<ping xmlns='urn:xmpp:ping'/>")
+        .await;
+    // Held: alice sees them in her archive only.
+    let p = a.mam(&with("bob@localhost")).await;
+    assert_eq!(p.bodies(), vec!["held 0", "held 1"]);
+    let r = delete(&mut a, &delete_items(&[&p.ids()[0]])).await;
+    assert_eq!(r.attr("type"), Some("result"));
+    a.send_raw("<presence/>").await;
+    let got = a.drain_within(Duration::from_millis(800)).await;
+    let bodies: Vec<String> = got.iter().filter_map(body).collect();
+    assert_eq!(bodies, vec!["held 1"], "released after dnd");
+}

@@ -2,7 +2,8 @@
 //! survives SIGKILL. Each round a client sends messages with stream
 //! management to an offline user, waits for `<a h=N/>`, and the server is
 //! killed at once and restarted on the same data directory. At the end
-//! every message is in the recipient's offline queue and archive, once.
+//! every message is in the recipient's offline queue and archive, once,
+//! and counted once in the recipient's inbox.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -79,6 +80,16 @@ async fn acknowledged_messages_survive_sigkill() {
         }
         after = p.rsm("last").unwrap();
     }
+    // The journal: every acknowledged message counted once as unread.
+    b.send_raw("<iq type='get' id='ib'><inbox xmlns='urn:xmpp:inbox:1'/></iq>")
+        .await;
+    let entry = b
+        .expect_where(|e| e.get_child("entry", "urn:xmpp:inbox:1").is_some())
+        .await;
+    let unread = entry
+        .get_child("entry", "urn:xmpp:inbox:1")
+        .and_then(|e| e.attr("unread"))
+        .and_then(|u| u.parse::<usize>().ok());
     let mut a = s.login("alice", "final").await;
     let alice_count = a.mam("").await.count();
     eprintln!(
@@ -89,4 +100,5 @@ async fn acknowledged_messages_survive_sigkill() {
     assert_eq!(twice, 0, "messages delivered twice");
     assert_eq!(archived, want, "bob's archive");
     assert_eq!(alice_count, want, "alice's archive");
+    assert_eq!(unread, Some(want), "bob's unread count for alice");
 }
