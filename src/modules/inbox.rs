@@ -24,12 +24,12 @@ use crate::stanza::Bare;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::Utc;
 use minidom::Element;
 use xmpp_parsers::jid::{BareJid, Jid};
 use xmpp_parsers::stanza_error::{DefinedCondition as Cond, StanzaError};
 
-use super::mam::is_local_user;
+use super::mam::{form_field as field, is_local_user, parse_time, result_element};
 use super::{Event, IqHandler, IqRequest, IqResult, IqType, Listener, Processor, Registry, Stage};
 use crate::server::Ctx;
 use crate::sessions::Fate;
@@ -84,12 +84,6 @@ fn stanza_id_for(el: &Element, by: &BareJid) -> Option<u64> {
         .find(|c| c.is("stanza-id", ns::SID) && c.attr("by") == Some(by.as_str()))
         .and_then(|c| c.attr("id"))
         .and_then(|i| i.parse().ok())
-}
-
-fn stamp(micros: u64) -> DateTime<Utc> {
-    Utc.timestamp_micros(micros as i64)
-        .single()
-        .unwrap_or_else(Utc::now)
 }
 
 fn now_secs() -> i64 {
@@ -420,16 +414,6 @@ impl IqHandler for Inbox {
     }
 }
 
-fn field(var: &str, typ: &str, value: Option<&str>) -> Element {
-    let mut f = element("field", ns::DATA_FORMS, &[("var", var), ("type", typ)]);
-    if let Some(v) = value {
-        let mut val = Element::bare("value", ns::DATA_FORMS);
-        val.append_text(v);
-        f.append_child(val);
-    }
-    f
-}
-
 /// The query form.
 fn form() -> Element {
     let mut x = element("x", ns::DATA_FORMS, &[("type", "form")]);
@@ -459,12 +443,6 @@ fn parse_bool(s: &str) -> Result<bool, StanzaError> {
         "false" | "0" => Ok(false),
         _ => Err(bad("a boolean is true, false, 1 or 0")),
     }
-}
-
-fn parse_time(s: &str) -> Result<u64, StanzaError> {
-    let t = DateTime::parse_from_rfc3339(s.trim())
-        .map_err(|_| bad("a date is YYYY-MM-DDThh:mm:ssZ (XEP-0082)"))?;
-    u64::try_from(t.with_timezone(&Utc).timestamp_micros()).map_err(|_| bad("a date before 1970"))
 }
 
 /// A parsed inbox query.
@@ -683,21 +661,7 @@ async fn query(ctx: &Arc<Ctx>, req: &IqRequest, user: &BareJid) -> IqResult {
                 .map_err(internal)?
             {
                 if let Ok(stored) = crate::xml::parse(&a.xml) {
-                    let id = super::mam::id_string(a.id);
-                    let mut result =
-                        element("result", ns::MAM, &[("id", &id), ("queryid", &queryid)]);
-                    let mut fwd = Element::bare("forwarded", ns::FORWARD);
-                    fwd.append_child(element(
-                        "delay",
-                        ns::DELAY,
-                        &[(
-                            "stamp",
-                            &stamp(a.id).to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-                        )],
-                    ));
-                    fwd.append_child(stored);
-                    result.append_child(fwd);
-                    msg.append_child(result);
+                    msg.append_child(result_element(a.id, Some(&queryid), stored));
                 }
             }
         }

@@ -299,7 +299,7 @@ fn parse_id(s: &str) -> Option<u64> {
     s.trim().parse().ok()
 }
 
-fn stamp_of(id: u64) -> DateTime<Utc> {
+pub(crate) fn stamp_of(id: u64) -> DateTime<Utc> {
     Utc.timestamp_micros(id as i64)
         .single()
         .unwrap_or_else(Utc::now)
@@ -412,18 +412,46 @@ impl IqHandler for Mam {
     }
 }
 
+/// An archived message as a MAM `<result/>`: forwarded with a delay of
+/// its archiving time (also the inbox's last messages).
+pub(crate) fn result_element(id: u64, queryid: Option<&str>, stored: Element) -> Element {
+    let mut result = element("result", ns::MAM, &[("id", &id_string(id))]);
+    if let Some(q) = queryid {
+        crate::stanza::set_attr(&mut result, "queryid", q);
+    }
+    let mut fwd = Element::bare("forwarded", ns::FORWARD);
+    fwd.append_child(element(
+        "delay",
+        ns::DELAY,
+        &[(
+            "stamp",
+            &stamp_of(id).to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        )],
+    ));
+    fwd.append_child(stored);
+    result.append_child(fwd);
+    result
+}
+
+/// A data-form field (XEP-0004), with its value if any.
+pub(crate) fn form_field(var: &str, typ: &str, value: Option<&str>) -> Element {
+    let mut f = element("field", ns::DATA_FORMS, &[("var", var), ("type", typ)]);
+    if let Some(v) = value {
+        let mut val = Element::bare("value", ns::DATA_FORMS);
+        val.append_text(v);
+        f.append_child(val);
+    }
+    f
+}
+
 fn field(var: &str, typ: &str) -> Element {
-    element("field", ns::DATA_FORMS, &[("var", var), ("type", typ)])
+    form_field(var, typ, None)
 }
 
 /// The search form (XEP-0313 §4.1.1, with the `#extended` fields).
 fn query_form() -> Element {
     let mut x = element("x", ns::DATA_FORMS, &[("type", "form")]);
-    let mut ft = field("FORM_TYPE", "hidden");
-    let mut v = Element::bare("value", ns::DATA_FORMS);
-    v.append_text(ns::MAM);
-    ft.append_child(v);
-    x.append_child(ft);
+    x.append_child(form_field("FORM_TYPE", "hidden", Some(ns::MAM)));
     x.append_child(field("with", "jid-single"));
     x.append_child(field("start", "text-single"));
     x.append_child(field("end", "text-single"));
@@ -435,7 +463,8 @@ fn query_form() -> Element {
     q
 }
 
-fn parse_time(s: &str) -> Result<u64, StanzaError> {
+/// A XEP-0082 date-time as an archive id bound (microseconds).
+pub(crate) fn parse_time(s: &str) -> Result<u64, StanzaError> {
     let t = DateTime::parse_from_rfc3339(s.trim())
         .map_err(|_| bad("a date is YYYY-MM-DDThh:mm:ssZ (XEP-0082)"))?;
     u64::try_from(t.with_timezone(&Utc).timestamp_micros()).map_err(|_| bad("a date before 1970"))
@@ -572,22 +601,7 @@ async fn query(ctx: &Arc<Ctx>, req: &IqRequest, user: &BareJid) -> IqResult {
                 continue;
             }
         };
-        let id = id_string(a.id);
-        let mut result = element("result", ns::MAM, &[("id", &id)]);
-        if let Some(q) = queryid {
-            crate::stanza::set_attr(&mut result, "queryid", q);
-        }
-        let mut fwd = Element::bare("forwarded", ns::FORWARD);
-        fwd.append_child(element(
-            "delay",
-            ns::DELAY,
-            &[(
-                "stamp",
-                &stamp_of(a.id).to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-            )],
-        ));
-        fwd.append_child(stored);
-        result.append_child(fwd);
+        let result = result_element(a.id, queryid, stored);
         let mut msg = element(
             "message",
             ns::CLIENT,

@@ -517,11 +517,6 @@ pub trait JournalStore: Send + Sync {
         conv: &'a str,
         f: JournalUpdate,
     ) -> BoxFuture<'a, StoreResult<(Option<JournalEntry>, Option<JournalEntry>)>>;
-    fn get<'a>(
-        &'a self,
-        user: &'a BareJid,
-        conv: &'a str,
-    ) -> BoxFuture<'a, StoreResult<Option<JournalEntry>>>;
     /// All of `user`'s entries (in no particular order).
     fn entries<'a>(&'a self, user: &'a BareJid) -> BoxFuture<'a, StoreResult<Vec<JournalEntry>>>;
     /// Wait until every change so far is on disk.

@@ -162,26 +162,6 @@ impl JournalStore for SledStore {
         })
     }
 
-    fn get<'a>(
-        &'a self,
-        user: &'a BareJid,
-        conv: &'a str,
-    ) -> BoxFuture<'a, StoreResult<Option<JournalEntry>>> {
-        Box::pin(async move {
-            // Under the shard's lock: not in the cache, up to date in sled.
-            let sh = self.journal_cache.shard(user.as_str());
-            if let Some(slot) = sh.map.get(user.as_str()).and_then(|c| c.get(conv)) {
-                return Ok(slot.entry.clone());
-            }
-            let key = user_key(user.as_str(), conv.as_bytes());
-            Ok(self
-                .journal
-                .get(key)
-                .map_err(e)?
-                .and_then(|v| JournalEntry::decode(&v)))
-        })
-    }
-
     fn entries<'a>(&'a self, user: &'a BareJid) -> BoxFuture<'a, StoreResult<Vec<JournalEntry>>> {
         Box::pin(async move {
             // Under the shard's lock: sled and the cache agree.
