@@ -27,6 +27,8 @@ pub struct Config {
     /// The message archive (XEP-0313).
     pub mam: Mam,
     pub inbox: Inbox,
+    /// Group chat (XEP-0045) on a subdomain.
+    pub muc: Muc,
     /// While every available resource of a user is `dnd`, chat and normal
     /// messages with a body to the user are held (durably, like offline
     /// messages) until one of them leaves `dnd` or another one comes
@@ -85,6 +87,38 @@ pub struct Inbox {
 impl Default for Inbox {
     fn default() -> Self {
         Inbox { enabled: true }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Muc {
+    /// Serve rooms (persistent, members-only, every member equal).
+    pub enabled: bool,
+    /// The service's domain; `rooms.` + the server's domain when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+    /// Members a room may have at most.
+    pub max_members: usize,
+}
+
+impl Default for Muc {
+    fn default() -> Self {
+        Muc {
+            enabled: true,
+            domain: None,
+            max_members: 30,
+        }
+    }
+}
+
+impl Config {
+    /// The group-chat service's domain.
+    pub fn muc_domain(&self) -> String {
+        self.muc
+            .domain
+            .clone()
+            .unwrap_or_else(|| format!("rooms.{}", self.domain))
     }
 }
 
@@ -164,6 +198,7 @@ impl Default for Config {
             sm: Sm::default(),
             mam: Mam::default(),
             inbox: Inbox::default(),
+            muc: Muc::default(),
             dnd_defers_delivery: true,
             log: Log::default(),
         }
@@ -335,7 +370,7 @@ impl Config {
             }
         }
         let l = &self.limits;
-        let ranges: [(&str, u64, u64, u64); 19] = [
+        let ranges: [(&str, u64, u64, u64); 20] = [
             (
                 "limits.max_stanza_bytes",
                 l.max_stanza_bytes as u64,
@@ -433,6 +468,9 @@ impl Config {
                 0,
                 u64::MAX,
             ),
+            // A room of one is a note; XEP-0045 rooms beyond a few
+            // thousand members are another kind of service.
+            ("muc.max_members", self.muc.max_members as u64, 2, 10_000),
         ];
         for (key, v, min, max) in ranges {
             if v < min || v > max {
@@ -444,6 +482,21 @@ impl Config {
                 errors.push(err(
                     key,
                     format!("expected a whole number {range}, got {v}"),
+                ));
+            }
+        }
+        if let Some(d) = &self.muc.domain {
+            let ok = xmpp_parsers::jid::BareJid::new(d)
+                .is_ok_and(|j| j.node().is_none() && !d.is_empty());
+            if !ok {
+                errors.push(err(
+                    "muc.domain",
+                    format!("expected a domain name like \"rooms.example.com\", got {d:?}"),
+                ));
+            } else if *d == self.domain {
+                errors.push(err(
+                    "muc.domain",
+                    "expected a domain of its own (like \"rooms.\" + domain), not the server's domain",
                 ));
             }
         }

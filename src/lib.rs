@@ -12,6 +12,7 @@ pub mod datadir;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod modules;
+pub mod muc;
 pub mod net;
 pub mod router;
 pub mod sasl;

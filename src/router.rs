@@ -7,7 +7,8 @@
 //! `FromClient` processors (forged stanza-ids removed) → presence to
 //! `modules::presence`, the rest to route (a message with its `<sent/>`
 //! carbon copies).
-//! route: remote domain | the server (IQ handlers) | a local user →
+//! route: a component's domain (rooms.) | remote domain | the server (IQ
+//! handlers) | a local user →
 //! `Deliver` filters → `BeforeLocalDelivery` processors (the archive: a
 //! message is archived once, and gets its stanza-id) → full JID: that session | bare JID: message rules
 //! (offline drain in progress: the stored queue), presence rules, IQ on
@@ -195,6 +196,10 @@ pub fn route(ctx: &Arc<Ctx>, el: Element) -> Pin<Box<dyn Future<Output = ()> + S
             }
         };
         if to.domain().as_str() != ctx.domain {
+            if let Some(c) = ctx.registry.component_for(to.domain().as_str()) {
+                c.handle(ctx, el).await;
+                return;
+            }
             to_remote(ctx, el, kind).await;
             return;
         }

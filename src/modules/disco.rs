@@ -93,7 +93,14 @@ impl IqHandler for Items {
             if req.payload.attr("node").is_some() {
                 return Err(simple_error(Cond::ItemNotFound, None));
             }
-            Ok(Some(Element::bare("query", ns::DISCO_ITEMS)))
+            let mut q = Element::bare("query", ns::DISCO_ITEMS);
+            if req.target == Target::Server {
+                // The services on subdomains (rooms. …).
+                for d in ctx.registry.component_domains() {
+                    q.append_child(element("item", ns::DISCO_ITEMS, &[("jid", d)]));
+                }
+            }
+            Ok(Some(q))
         })
     }
 }

@@ -98,18 +98,7 @@ impl IqHandler for History {
                 return Err(bad("a delete is an IQ of type set"));
             }
             let what = parse(&req.payload)?;
-            // The ids a client names came with messages it received: let
-            // their writes land first (the store orders the hide after
-            // every write queued before).
-            let hidden = ctx
-                .stores
-                .archive
-                .hide(&user, what.clone())
-                .await
-                .map_err(internal)?;
-            if hidden.is_none() {
-                return Err(not_found());
-            }
+            hide(ctx, &user, &what).await?;
             let (with, ids) = match &what {
                 Hide::Conversation(w) => (Some(w), &[][..]),
                 Hide::Items(ids) => (None, ids.as_slice()),
@@ -135,6 +124,96 @@ impl IqHandler for History {
             Ok(None)
         })
     }
+}
+
+/// Hide `what` from `user`'s view: of their own archive, and of the
+/// shared archives (rooms) they take part in. Items are hidden all or
+/// none: every id must be in one of the views.
+async fn hide(ctx: &Arc<Ctx>, user: &BareJid, what: &Hide) -> Result<(), StanzaError> {
+    let archive = &ctx.stores.archive;
+    // The ids a client names came with messages it received: let their
+    // writes land first (the store orders a hide after every write queued
+    // before, but a shared view is checked here).
+    archive.barrier().await.map_err(internal)?;
+    match what {
+        Hide::Conversation(w) => {
+            if let Some((mut view, keeper)) = ctx
+                .registry
+                .shared_view(ctx, user, w)
+                .await
+                .map_err(internal)?
+            {
+                // Everything archived until now.
+                view.clear_to(archive.next_id());
+                keeper
+                    .set_view(ctx, user, w, view)
+                    .await
+                    .map_err(internal)?;
+            }
+            archive
+                .hide(user, what.clone())
+                .await
+                .map_err(internal)?
+                .ok_or_else(not_found)?;
+        }
+        Hide::Items(ids) => {
+            let mut own = Vec::new();
+            let mut rest = Vec::new();
+            for id in ids {
+                if archive.contains(user, *id).map_err(internal)? {
+                    own.push(*id);
+                } else {
+                    rest.push(*id);
+                }
+            }
+            let mut shared = Vec::new();
+            if !rest.is_empty() {
+                for (conv, keeper) in ctx
+                    .registry
+                    .shared_of_user(ctx, user)
+                    .await
+                    .map_err(internal)?
+                {
+                    let Some(mut view) = keeper.view(ctx, user, &conv).await.map_err(internal)?
+                    else {
+                        continue;
+                    };
+                    let mut mine = Vec::new();
+                    for id in &rest {
+                        if view.shows(*id) && archive.contains(&conv, *id).map_err(internal)? {
+                            mine.push(*id);
+                        }
+                    }
+                    if mine.is_empty() {
+                        continue;
+                    }
+                    rest.retain(|i| !mine.contains(i));
+                    view.hide(&mine);
+                    shared.push((conv, keeper, view));
+                    if rest.is_empty() {
+                        break;
+                    }
+                }
+            }
+            if !rest.is_empty() {
+                return Err(not_found());
+            }
+            if !own.is_empty() {
+                archive
+                    .hide(user, Hide::Items(own))
+                    .await
+                    .map_err(internal)?
+                    .ok_or_else(not_found)?;
+            }
+            for (conv, keeper, view) in shared {
+                keeper
+                    .set_view(ctx, user, &conv, view)
+                    .await
+                    .map_err(internal)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Whether a queued message is one of those hidden: from the conversation

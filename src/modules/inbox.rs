@@ -179,6 +179,60 @@ async fn count(
         .await
 }
 
+/// A room message with a body, archived in the room as `id`: one more
+/// unread for every member but the sender, for whom it reads the room.
+pub(crate) async fn room_message(
+    ctx: &Arc<Ctx>,
+    room: &crate::store::RoomRecord,
+    jid: &BareJid,
+    sender: &BareJid,
+    from: &Jid,
+    id: u64,
+    id_attr: &str,
+) {
+    if !ctx.config.inbox.enabled {
+        return;
+    }
+    let hash = id_hash(id_attr);
+    for m in &room.members {
+        let Ok(member) = BareJid::new(&m.jid) else {
+            continue;
+        };
+        if member == *sender {
+            match count(ctx, &member, jid, Some(id), None).await {
+                Ok((Some(before), Some(after))) if before.unread > 0 => {
+                    push(ctx, &member, jid.as_str(), Some(&after), from);
+                }
+                Ok(_) => {}
+                Err(err) => tracing::error!(error = %err, "journal write failed"),
+            }
+        } else if let Err(err) = count(ctx, &member, jid, Some(id), Some(hash)).await {
+            tracing::error!(error = %err, "journal write failed");
+        }
+    }
+}
+
+/// `user`'s entry for `conv` goes (they left the room); their devices
+/// are told.
+pub(crate) async fn forget_conversation(ctx: &Arc<Ctx>, user: &BareJid, conv: &BareJid) {
+    if !ctx.config.inbox.enabled {
+        return;
+    }
+    match ctx
+        .stores
+        .journal
+        .update(user, conv.as_str(), Box::new(|_| None))
+        .await
+    {
+        Ok((Some(_), _)) => {
+            let nobody = Jid::from(ctx.domain_jid.clone());
+            push(ctx, user, conv.as_str(), None, &nobody);
+        }
+        Ok(_) => {}
+        Err(err) => tracing::error!(error = %err, "journal write failed"),
+    }
+}
+
 /// Counts messages on their way to a local user (after the archive, so
 /// they carry their stanza-ids), for the recipient and for a local sender.
 struct Counter;
@@ -335,17 +389,24 @@ async fn hidden(
                 Ok(j) => j.bare(),
                 Err(_) => continue,
             };
-            let page = ctx
-                .stores
-                .archive
-                .query(ArchiveQuery {
+            let q = match ctx.registry.shared_view(ctx, user, &conv).await? {
+                // A room: its archive as the user's view shows it.
+                Some((mask, _)) => ArchiveQuery {
+                    user: Some(conv),
+                    mask: Some(Arc::new(mask)),
+                    from_end: true,
+                    max: 50,
+                    ..Default::default()
+                },
+                None => ArchiveQuery {
                     user: Some(user.clone()),
                     with: Some(conv),
                     from_end: true,
                     max: 50,
                     ..Default::default()
-                })
-                .await?;
+                },
+            };
+            let page = ctx.stores.archive.query(q).await?;
             empty = page.count == 0;
             last_id = page
                 .items
@@ -574,17 +635,42 @@ impl Names {
         })
     }
 
-    async fn of(&mut self, ctx: &Ctx, jid: &str) -> Option<String> {
+    async fn of(&mut self, ctx: &Arc<Ctx>, jid: &str) -> Option<String> {
         if let Some(n) = self.roster.get(jid) {
             return Some(n.clone());
         }
         if let Some(n) = self.cache.get(jid) {
             return n.clone();
         }
-        let n = vcard_name(ctx, jid).await;
+        let n = match BareJid::new(jid) {
+            Ok(j) => match ctx.registry.shared_name(ctx, &j).await {
+                Some(n) => Some(n),
+                None => vcard_name(ctx, jid).await,
+            },
+            Err(_) => None,
+        };
         self.cache.insert(jid.to_string(), n.clone());
         n
     }
+}
+
+/// The last message of an entry: from the room's archive when the entry
+/// is a room the user's view of which shows it, else from the user's own.
+async fn last_message(
+    ctx: &Arc<Ctx>,
+    user: &BareJid,
+    e: &JournalEntry,
+) -> crate::store::StoreResult<Option<crate::store::Archived>> {
+    if let Ok(conv) = BareJid::new(&e.jid) {
+        if let Some((mask, _)) = ctx.registry.shared_view(ctx, user, &conv).await? {
+            if mask.shows(e.last_id) {
+                if let Some(a) = ctx.stores.archive.get(&conv, e.last_id).await? {
+                    return Ok(Some(a));
+                }
+            }
+        }
+    }
+    ctx.stores.archive.get(user, e.last_id).await
 }
 
 async fn query(ctx: &Arc<Ctx>, req: &IqRequest, user: &BareJid) -> IqResult {
@@ -653,13 +739,7 @@ async fn query(ctx: &Arc<Ctx>, req: &IqRequest, user: &BareJid) -> IqResult {
         );
         msg.append_child(entry_element(e, name.as_deref()));
         if f.messages && e.last_id != 0 {
-            if let Some(a) = ctx
-                .stores
-                .archive
-                .get(user, e.last_id)
-                .await
-                .map_err(internal)?
-            {
+            if let Some(a) = last_message(ctx, user, e).await.map_err(internal)? {
                 if let Ok(stored) = crate::xml::parse(&a.xml) {
                     msg.append_child(result_element(a.id, Some(&queryid), stored));
                 }

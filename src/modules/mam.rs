@@ -78,9 +78,12 @@ const CONFERENCE: &str = "jabber:x:conference";
 /// call invitations), unless the sender asked not to store it (XEP-0334).
 /// Never headlines, errors, group chat, carbon copies or bare chat states.
 pub fn archivable(el: &Element) -> bool {
-    if el.name() != "message" || !matches!(stanza_type(el), "" | "normal" | "chat") {
-        return false;
-    }
+    el.name() == "message" && matches!(stanza_type(el), "" | "normal" | "chat") && keeps(el, true)
+}
+
+/// Whether a message holds something worth keeping (see [`archivable`]);
+/// receipts and markers count only with `status`.
+pub(crate) fn keeps(el: &Element, status: bool) -> bool {
     let mut keep = false;
     for c in el.children() {
         let n = c.ns();
@@ -91,8 +94,8 @@ pub fn archivable(el: &Element) -> bool {
             (ns::CARBONS, "sent" | "received") | (ns::MAM, _) => return false,
             (ns::HINTS, "store") | (ns::CLIENT, "body") => keep = true,
             (ns::RECEIPTS, "received")
-            | (ns::MARKERS, "received" | "displayed" | "acknowledged")
-            | (REACTIONS, "reactions")
+            | (ns::MARKERS, "received" | "displayed" | "acknowledged") => keep |= status,
+            (REACTIONS, "reactions")
             | (RETRACT | RETRACT_0, "retract")
             | (FASTEN, "apply-to")
             | (CORRECT, "replace")
@@ -399,16 +402,33 @@ impl IqHandler for Mam {
             // their writes land first.
             ctx.stores.archive.barrier().await.map_err(internal)?;
             match (req.typ, req.payload.name()) {
-                (IqType::Get, "query") => Ok(Some(query_form())),
-                (IqType::Set, "query") => query(ctx, &req, &user).await,
-                (IqType::Get, "metadata") => metadata(ctx, &user),
                 (IqType::Get, "prefs") => {
                     Ok(Some(prefs_element(&*prefs(ctx, &self.cache, &user).await)))
                 }
                 (IqType::Set, "prefs") => set_prefs(ctx, &self.cache, &user, &req.payload).await,
-                _ => Err(simple_error(Cond::BadRequest, None)),
+                _ => answer(ctx, &req, &user, None).await,
             }
         })
+    }
+}
+
+/// The query form, a query or the metadata of the archive of `archive`
+/// (a user's, or a room's), as `mask` shows it when set (a member's view
+/// of a room). The caller checked who may ask.
+pub(crate) async fn answer(
+    ctx: &Arc<Ctx>,
+    req: &IqRequest,
+    archive: &BareJid,
+    mask: Option<Arc<crate::store::ViewMask>>,
+) -> IqResult {
+    match (req.typ, req.payload.name()) {
+        (IqType::Get, "query") => Ok(Some(query_form())),
+        (IqType::Set, "query") => query(ctx, req, archive, mask).await,
+        (IqType::Get, "metadata") => match mask {
+            None => metadata(ctx, archive),
+            Some(m) => masked_metadata(ctx, archive, m).await,
+        },
+        _ => Err(simple_error(Cond::BadRequest, None)),
     }
 }
 
@@ -470,11 +490,21 @@ pub(crate) fn parse_time(s: &str) -> Result<u64, StanzaError> {
     u64::try_from(t.with_timezone(&Utc).timestamp_micros()).map_err(|_| bad("a date before 1970"))
 }
 
-/// An id the client names must be in its archive.
-fn known_id(ctx: &Ctx, user: &BareJid, s: &str) -> Result<u64, StanzaError> {
+/// An id the client names must be in its archive (as its mask shows it).
+fn known_id(
+    ctx: &Ctx,
+    user: &BareJid,
+    mask: Option<&crate::store::ViewMask>,
+    s: &str,
+) -> Result<u64, StanzaError> {
     let id = parse_id(s);
     match id {
-        Some(id) if ctx.stores.archive.contains(user, id).map_err(internal)? => Ok(id),
+        Some(id)
+            if mask.is_none_or(|m| m.shows(id))
+                && ctx.stores.archive.contains(user, id).map_err(internal)? =>
+        {
+            Ok(id)
+        }
         _ => Err(simple_error(
             Cond::ItemNotFound,
             Some("no message with this id in the archive"),
@@ -487,13 +517,21 @@ struct Parsed {
     flip: bool,
 }
 
-fn parse_query(ctx: &Ctx, user: &BareJid, payload: &Element) -> Result<Parsed, StanzaError> {
+fn parse_query(
+    ctx: &Ctx,
+    user: &BareJid,
+    mask: Option<Arc<crate::store::ViewMask>>,
+    payload: &Element,
+) -> Result<Parsed, StanzaError> {
     let max_page = ctx.config.mam.max_page;
     let mut q = ArchiveQuery {
         user: Some(user.clone()),
         max: max_page,
+        mask,
         ..Default::default()
     };
+    let m = q.mask.clone();
+    let known_id = |ctx: &Ctx, user: &BareJid, s: &str| known_id(ctx, user, m.as_deref(), s);
     let mut flip = payload.has_child("flip-page", ns::MAM);
     for x in payload.children().filter(|c| c.is("x", ns::DATA_FORMS)) {
         if !matches!(x.attr("type"), Some("submit") | None) {
@@ -585,8 +623,13 @@ fn parse_query(ctx: &Ctx, user: &BareJid, payload: &Element) -> Result<Parsed, S
     Ok(Parsed { q, flip })
 }
 
-async fn query(ctx: &Arc<Ctx>, req: &IqRequest, user: &BareJid) -> IqResult {
-    let Parsed { q, flip } = parse_query(ctx, user, &req.payload)?;
+async fn query(
+    ctx: &Arc<Ctx>,
+    req: &IqRequest,
+    user: &BareJid,
+    mask: Option<Arc<crate::store::ViewMask>>,
+) -> IqResult {
+    let Parsed { q, flip } = parse_query(ctx, user, mask, &req.payload)?;
     let from_end = q.from_end;
     let mut page = ctx.stores.archive.query(q).await.map_err(internal)?;
     let queryid = req.payload.attr("queryid");
@@ -691,8 +734,40 @@ async fn query(ctx: &Arc<Ctx>, req: &IqRequest, user: &BareJid) -> IqResult {
 }
 
 fn metadata(ctx: &Ctx, user: &BareJid) -> IqResult {
+    metadata_of(ctx.stores.archive.bounds(user).map_err(internal)?)
+}
+
+/// The first and last messages `mask` shows of the archive of `archive`.
+async fn masked_metadata(
+    ctx: &Ctx,
+    archive: &BareJid,
+    mask: Arc<crate::store::ViewMask>,
+) -> IqResult {
+    let mut ends = Vec::with_capacity(2);
+    for from_end in [false, true] {
+        let page = ctx
+            .stores
+            .archive
+            .query(ArchiveQuery {
+                user: Some(archive.clone()),
+                from_end,
+                max: 1,
+                mask: Some(mask.clone()),
+                ..Default::default()
+            })
+            .await
+            .map_err(internal)?;
+        ends.extend(page.items.first().map(|a| a.id));
+    }
+    metadata_of(match ends[..] {
+        [first, last] => Some((first, last)),
+        _ => None,
+    })
+}
+
+fn metadata_of(bounds: Option<(u64, u64)>) -> IqResult {
     let mut m = Element::bare("metadata", ns::MAM);
-    if let Some((first, last)) = ctx.stores.archive.bounds(user).map_err(internal)? {
+    if let Some((first, last)) = bounds {
         for (name, id) in [("start", first), ("end", last)] {
             m.append_child(element(
                 name,

@@ -192,6 +192,14 @@ pub enum Event<'a> {
     SessionClosed { full: &'a FullJid },
     /// An account was deleted.
     UserDeleted { jid: &'a BareJid },
+    /// `user` became a member of `room` (`joined`), or stopped being one;
+    /// `name` is the room's name.
+    Membership {
+        room: &'a BareJid,
+        user: &'a BareJid,
+        name: &'a str,
+        joined: bool,
+    },
     /// A user hid messages from their own view (`history.rs`): the whole
     /// conversation `with`, or the messages `ids`; asked by `by`.
     HistoryHidden {
@@ -204,6 +212,44 @@ pub enum Event<'a> {
 
 pub trait Listener: Send + Sync {
     fn on_event<'a>(&'a self, ctx: &'a Arc<Ctx>, ev: &'a Event<'a>) -> BoxFuture<'a, ()>;
+}
+
+/// A service on a subdomain of the server (rooms., sms., upload.): the
+/// router hands it every stanza addressed to its domain; it sends through
+/// the router like a user does.
+pub trait Component: Send + Sync {
+    fn handle<'a>(&'a self, ctx: &'a Arc<Ctx>, el: Element) -> BoxFuture<'a, ()>;
+}
+
+/// A feature whose conversations have one shared archive (rooms): kept
+/// in the archive under the conversation's JID, each member seeing it
+/// through a [`crate::store::ViewMask`] of what they deleted. The journal
+/// and history deletion reach such conversations through this.
+pub trait SharedConversations: Send + Sync {
+    /// `user`'s view of `conv`, when `conv` is one of these conversations
+    /// and `user` takes part in it.
+    fn view<'a>(
+        &'a self,
+        ctx: &'a Arc<Ctx>,
+        user: &'a BareJid,
+        conv: &'a BareJid,
+    ) -> BoxFuture<'a, crate::store::StoreResult<Option<crate::store::ViewMask>>>;
+    /// The conversations of this kind `user` takes part in.
+    fn of_user<'a>(
+        &'a self,
+        ctx: &'a Arc<Ctx>,
+        user: &'a BareJid,
+    ) -> BoxFuture<'a, crate::store::StoreResult<Vec<BareJid>>>;
+    /// The conversation's name, if it has one.
+    fn name<'a>(&'a self, ctx: &'a Arc<Ctx>, conv: &'a BareJid) -> BoxFuture<'a, Option<String>>;
+    /// Replace `user`'s view of `conv`.
+    fn set_view<'a>(
+        &'a self,
+        ctx: &'a Arc<Ctx>,
+        user: &'a BareJid,
+        conv: &'a BareJid,
+        view: crate::store::ViewMask,
+    ) -> BoxFuture<'a, crate::store::StoreResult<()>>;
 }
 
 struct IqEntry {
@@ -222,6 +268,8 @@ pub struct Registry {
     processors: HashMap<Stage, Vec<Arc<dyn Processor>>>,
     holders: Vec<Arc<dyn Holder>>,
     listeners: Vec<Arc<dyn Listener>>,
+    components: HashMap<String, Arc<dyn Component>>,
+    shared: Vec<Arc<dyn SharedConversations>>,
 }
 
 impl Registry {
@@ -294,6 +342,70 @@ impl Registry {
 
     pub fn listener(&mut self, l: Arc<dyn Listener>) {
         self.listeners.push(l);
+    }
+
+    /// Serve `domain` with a component.
+    pub fn component(&mut self, domain: String, c: Arc<dyn Component>) {
+        self.components.insert(domain, c);
+    }
+
+    /// The component serving `domain`.
+    pub fn component_for(&self, domain: &str) -> Option<&Arc<dyn Component>> {
+        self.components.get(domain)
+    }
+
+    /// The domains components serve, sorted.
+    pub fn component_domains(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = self.components.keys().map(String::as_str).collect();
+        v.sort_unstable();
+        v
+    }
+
+    pub fn shared_conversations(&mut self, s: Arc<dyn SharedConversations>) {
+        self.shared.push(s);
+    }
+
+    /// `user`'s view of a shared conversation (`None`: `conv` is not one,
+    /// or `user` takes no part in it), and the feature that keeps it.
+    pub async fn shared_view(
+        &self,
+        ctx: &Arc<Ctx>,
+        user: &BareJid,
+        conv: &BareJid,
+    ) -> crate::store::StoreResult<Option<(crate::store::ViewMask, Arc<dyn SharedConversations>)>>
+    {
+        for s in &self.shared {
+            if let Some(v) = s.view(ctx, user, conv).await? {
+                return Ok(Some((v, s.clone())));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Every shared conversation `user` takes part in, with the feature
+    /// that keeps it.
+    pub async fn shared_of_user(
+        &self,
+        ctx: &Arc<Ctx>,
+        user: &BareJid,
+    ) -> crate::store::StoreResult<Vec<(BareJid, Arc<dyn SharedConversations>)>> {
+        let mut out = Vec::new();
+        for s in &self.shared {
+            for c in s.of_user(ctx, user).await? {
+                out.push((c, s.clone()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The name of a shared conversation.
+    pub async fn shared_name(&self, ctx: &Arc<Ctx>, conv: &BareJid) -> Option<String> {
+        for s in &self.shared {
+            if let Some(n) = s.name(ctx, conv).await {
+                return Some(n);
+            }
+        }
+        None
     }
 
     pub fn iq_handler(&self, ns: &str, target: &Target) -> Option<Arc<dyn IqHandler>> {
@@ -415,5 +527,6 @@ pub fn registry(config: &crate::config::Config) -> Registry {
     offline::register(&mut r);
     dnd::register(&mut r, config);
     presence::register(&mut r);
+    crate::muc::register(&mut r, config);
     r
 }

@@ -15,6 +15,7 @@ mod archive_log;
 pub mod sled;
 mod sled_archive;
 mod sled_journal;
+mod sled_rooms;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -360,6 +361,67 @@ pub struct ArchiveQuery {
     /// Skip this many results first (RSM `index`, forward only).
     pub index: Option<usize>,
     pub max: usize,
+    /// Only what this mask shows (a member's view of a room's archive).
+    pub mask: Option<Arc<ViewMask>>,
+}
+
+/// One member's view of a shared archive (a room's): what the member
+/// deleted from it, as a mark (everything up to and including `cleared`)
+/// and single ids.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ViewMask {
+    pub cleared: u64,
+    /// Sorted, no duplicates.
+    pub hidden: Vec<u64>,
+}
+
+impl ViewMask {
+    /// Single ids remembered at most; beyond, the oldest are folded into
+    /// the mark only when they are older than everything else kept.
+    pub const MAX_HIDDEN: usize = 10_000;
+
+    pub fn shows(&self, id: u64) -> bool {
+        id > self.cleared && self.hidden.binary_search(&id).is_err()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.cleared == 0 && self.hidden.is_empty()
+    }
+
+    /// Hide `ids` too.
+    pub fn hide(&mut self, ids: &[u64]) {
+        self.hidden
+            .extend(ids.iter().copied().filter(|i| *i > self.cleared));
+        self.hidden.sort_unstable();
+        self.hidden.dedup();
+    }
+
+    /// Hide everything up to `mark`.
+    pub fn clear_to(&mut self, mark: u64) {
+        self.cleared = self.cleared.max(mark);
+        let c = self.cleared;
+        self.hidden.retain(|i| *i > c);
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(9 + 8 * self.hidden.len());
+        v.push(1);
+        v.extend_from_slice(&self.cleared.to_be_bytes());
+        for i in &self.hidden {
+            v.extend_from_slice(&i.to_be_bytes());
+        }
+        v
+    }
+
+    pub fn decode(v: &[u8]) -> Option<ViewMask> {
+        if *v.first()? != 1 {
+            return None;
+        }
+        let u64_of = |c: &[u8]| -> Option<u64> { Some(u64::from_be_bytes(c.try_into().ok()?)) };
+        let cleared = u64_of(v.get(1..9)?)?;
+        let hidden = v.get(9..)?.chunks_exact(8).filter_map(u64_of).collect();
+        Some(ViewMask { cleared, hidden })
+    }
 }
 
 /// A page of results, oldest first.
@@ -523,6 +585,75 @@ pub trait JournalStore: Send + Sync {
     fn sync(&self) -> BoxFuture<'_, StoreResult<()>>;
 }
 
+/// A member of a room.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomMember {
+    /// Bare JID.
+    pub jid: String,
+    /// The nickname last used in the room.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nick: Option<String>,
+}
+
+/// A persistent room: its settings and who its members are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct RoomRecord {
+    /// The room's bare JID.
+    pub jid: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub subject: String,
+    /// The nickname of whoever set the subject.
+    #[serde(default)]
+    pub subject_by: String,
+    pub members: Vec<RoomMember>,
+    /// Users who left or were removed (they may rejoin by themselves).
+    #[serde(default)]
+    pub former: Vec<String>,
+    /// Secret of the room's occupant ids (XEP-0421).
+    pub salt: String,
+    /// Unix seconds.
+    pub created: i64,
+}
+
+impl RoomRecord {
+    pub fn is_member(&self, jid: &str) -> bool {
+        self.members.iter().any(|m| m.jid == jid)
+    }
+}
+
+/// Rooms, the index of each user's rooms, and each member's view of a
+/// room's archive (the messages themselves are in the archive, under the
+/// room's JID).
+pub trait RoomStore: Send + Sync {
+    fn room<'a>(&'a self, room: &'a BareJid) -> BoxFuture<'a, StoreResult<Option<RoomRecord>>>;
+    /// Create or replace a room (the index of its members' rooms follows
+    /// in the same atomic write). Durable once resolved.
+    fn put_room(&self, room: RoomRecord) -> BoxFuture<'_, StoreResult<()>>;
+    /// Delete a room: its record, its members' views and index entries,
+    /// and its archive (whose bytes are reclaimed). Durable once resolved.
+    fn delete_room<'a>(&'a self, room: &'a BareJid) -> BoxFuture<'a, StoreResult<()>>;
+    /// The rooms `user` is a member of (bare JIDs, sorted).
+    fn rooms_of<'a>(&'a self, user: &'a BareJid) -> BoxFuture<'a, StoreResult<Vec<String>>>;
+    /// `member`'s view of the room's archive.
+    fn view<'a>(
+        &'a self,
+        room: &'a BareJid,
+        member: &'a BareJid,
+    ) -> BoxFuture<'a, StoreResult<ViewMask>>;
+    /// Replace `member`'s view (an empty mask is deleted). Durable once
+    /// resolved.
+    fn put_view<'a>(
+        &'a self,
+        room: &'a BareJid,
+        member: &'a BareJid,
+        view: ViewMask,
+    ) -> BoxFuture<'a, StoreResult<()>>;
+}
+
 /// Every store the server uses.
 #[derive(Clone)]
 pub struct Stores {
@@ -532,6 +663,7 @@ pub struct Stores {
     pub userdata: Arc<dyn UserDataStore>,
     pub archive: Arc<dyn ArchiveStore>,
     pub journal: Arc<dyn JournalStore>,
+    pub rooms: Arc<dyn RoomStore>,
     /// Flush and close (on shutdown).
     pub closer: Arc<dyn StoreCloser>,
 }
@@ -552,6 +684,7 @@ impl Stores {
             userdata: s.clone(),
             archive: s.clone(),
             journal: s.clone(),
+            rooms: s.clone(),
             closer: s,
         })
     }

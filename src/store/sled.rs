@@ -9,6 +9,8 @@
 //! - `userdata`:   user \0 key → value
 //! - `archive_index`: the message archive's index (see `sled_archive.rs`;
 //!   the messages are in files under `archive/`)
+//! - `rooms`:      rooms, their members' views and each user's rooms (see
+//!   `sled_rooms.rs`)
 //! - `usage`:      user \0 class → count and bytes (u64, u64 big endian) of
 //!   what the user keeps in a class (`offline`, or `ud:` and a userdata key
 //!   prefix): the quotas are checked against it in the same transaction
@@ -42,6 +44,8 @@ pub struct SledStore {
     offline: sled::Tree,
     userdata: sled::Tree,
     usage: sled::Tree,
+    /// Rooms (see `sled_rooms.rs`).
+    pub(super) rooms: sled::Tree,
     /// Journal entries: user + NUL + conversation → `JournalEntry`.
     pub(super) journal: sled::Tree,
     /// Journal changes not yet in sled, and entries used lately.
@@ -182,6 +186,7 @@ impl SledStore {
             offline: db.open_tree("offline").map_err(e)?,
             userdata: db.open_tree("userdata").map_err(e)?,
             usage: db.open_tree("usage").map_err(e)?,
+            rooms: db.open_tree("rooms").map_err(e)?,
             journal,
             journal_cache,
             archive,

@@ -1350,6 +1350,9 @@ impl Reader {
         // Whether an entry is in the result set (and the message, when
         // `fetch`).
         let matches = |en: &Entry, fetch: bool| -> StoreResult<Option<Option<Archived>>> {
+            if q.mask.as_ref().is_some_and(|m| !m.shows(en.id)) {
+                return Ok(None);
+            }
             if let Source::Log { bit, full, .. } = &source {
                 if en.bits & bit == 0 {
                     return Ok(None);

@@ -887,10 +887,16 @@ impl Client {
     /// Run a MAM query (`inner`: the form and RSM set) and collect its
     /// results.
     pub async fn mam(&mut self, inner: &str) -> MamPage {
+        self.mam_at(None, inner).await
+    }
+
+    /// A MAM query of the archive at `to` (a room's), or of one's own.
+    pub async fn mam_at(&mut self, to: Option<&str>, inner: &str) -> MamPage {
         let id = self.id();
         let qid = format!("q{id}");
+        let to = to.map(|t| format!(" to='{t}'")).unwrap_or_default();
         self.send_raw(&format!(
-            "<iq type='set' id='{id}'><query xmlns='urn:xmpp:mam:2' queryid='{qid}'>{inner}</query></iq>"
+            "<iq type='set' id='{id}'{to}><query xmlns='urn:xmpp:mam:2' queryid='{qid}'>{inner}</query></iq>"
         ))
         .await;
         let mut results = Vec::new();

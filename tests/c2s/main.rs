@@ -15,5 +15,6 @@ mod history;
 mod im;
 mod inbox;
 mod iq;
+mod muc;
 mod persist;
 mod sm;
