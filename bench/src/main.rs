@@ -18,6 +18,7 @@
 mod client;
 mod inbox;
 mod mam;
+mod room;
 mod scenarios;
 mod targets;
 
@@ -51,6 +52,8 @@ enum Scenario {
     Mam,
     /// Inbox queries of a user with many conversations (Confab only).
     Inbox,
+    /// One full room: every member sends, every message to every member.
+    Room,
     All,
 }
 
@@ -106,6 +109,17 @@ struct Args {
     /// Conversations of the user whose inbox the inbox scenario queries.
     #[arg(long, default_value_t = 1000)]
     inbox_conversations: usize,
+    /// Members of the room in the room scenario.
+    #[arg(long, default_value_t = 30)]
+    room_members: usize,
+    /// Message rates (all members together, per second) the room
+    /// scenario steps through.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "30,100,300,1000,2000,3000,5000,7500,10000,15000,20000,30000"
+    )]
+    room_rates: Vec<u64>,
     /// Queries of each kind in the inbox scenario.
     #[arg(long, default_value_t = 1000)]
     inbox_queries: usize,
@@ -126,6 +140,7 @@ struct TargetResult {
     chat: Option<ChatResult>,
     mam: Option<MamResult>,
     inbox: Option<inbox::InboxResult>,
+    room: Option<room::RoomResult>,
     error: Option<String>,
 }
 
@@ -183,6 +198,7 @@ async fn run_target(kind: Kind, args: &Args, work: &std::path::Path) -> TargetRe
         chat: None,
         mam: None,
         inbox: None,
+        room: None,
         error: None,
     };
     let t = Target {
@@ -296,6 +312,46 @@ async fn run_target(kind: Kind, args: &Args, work: &std::path::Path) -> TargetRe
                 eprintln!("   {e}");
                 res.error = Some(e);
                 return res;
+            }
+        }
+    }
+    if matches!(args.scenario, Scenario::Room | Scenario::All) && !variant {
+        match start(
+            kind,
+            &work.join("room"),
+            args.room_members,
+            &t,
+            args.concurrency,
+        )
+        .await
+        {
+            Ok(mut server) => {
+                eprintln!(
+                    "   room: {} members in one room, {} s per step",
+                    args.room_members, args.step_secs
+                );
+                let plan = room::Plan {
+                    muc_domain: kind.muc_domain(),
+                    members: args.room_members,
+                    mech,
+                    concurrency: args.concurrency,
+                    rates: &args.room_rates,
+                    step_secs: args.step_secs,
+                };
+                let r = room::room(&server, &t, plan).await;
+                match &r.error {
+                    Some(e) => eprintln!("   room: {e}"),
+                    None => eprintln!(
+                        "   room max sustainable: {} messages/s, {:.0} deliveries/s",
+                        r.max_sustainable_per_sec, r.deliveries_per_sec_at_max
+                    ),
+                }
+                res.room = Some(r);
+                server.stop();
+            }
+            Err(e) => {
+                eprintln!("   {e}");
+                res.error = Some(e);
             }
         }
     }

@@ -303,7 +303,9 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 
 /// Scan complete bodies "b:STEP:FROM:T_US" out of `buf`; returns bytes
 /// consumed.
-fn scan(buf: &[u8], me: usize, epoch: Instant, stats: &StepStats) -> usize {
+/// With `own`, a reader's own messages coming back are deliveries (a
+/// room reflects them); without, bounces.
+fn scan(buf: &[u8], me: usize, own: bool, epoch: Instant, stats: &StepStats) -> usize {
     let mut consumed = 0;
     let mut at = 0;
     while let Some(i) = find(&buf[at..], b"<body>b:") {
@@ -329,7 +331,7 @@ fn scan(buf: &[u8], me: usize, epoch: Instant, stats: &StepStats) -> usize {
         if step >= stats.received.len() {
             continue;
         }
-        if from == me {
+        if from == me && !own {
             // Our own message came back: a bounce.
             stats.errors[step].fetch_add(1, Ordering::Relaxed);
             continue;
@@ -389,6 +391,33 @@ pub async fn chat(
         return result;
     }
     let sessions: Vec<Session> = results.into_iter().filter_map(Result::ok).collect();
+    let domain = t.domain.clone();
+    let (steps, max) = stepped(server, sessions, rates, step_secs, 1, move |me| {
+        (format!("{}@{domain}", targets::user(me ^ 1)), "chat")
+    })
+    .await;
+    result.steps = steps;
+    result.max_sustainable_per_sec = max;
+    result
+}
+
+/// Each of `sessions` sends messages to `addr(me)` (of the type given
+/// with it) at `rates` in steps of `step_secs` (the rate is of messages
+/// sent by all together), each message delivered `fanout` times (its
+/// sender's own copy included when `fanout` > 1: a room reflects it).
+/// Steps go up until one is not sustainable: anything lost, p99 over
+/// 50 ms, or the load generator behind. The steps and the highest
+/// sustainable rate.
+pub async fn stepped(
+    server: &Running,
+    sessions: Vec<Session>,
+    rates: &[u64],
+    step_secs: u64,
+    fanout: u64,
+    addr: impl Fn(usize) -> (String, &'static str),
+) -> (Vec<Step>, u64) {
+    let users = sessions.len();
+    let own = fanout > 1;
     let epoch = Instant::now();
     let stats = Arc::new(StepStats {
         received: rates.iter().map(|_| AtomicU64::new(0)).collect(),
@@ -399,7 +428,7 @@ pub async fn chat(
     let mut readers = Vec::with_capacity(users);
     for (me, s) in sessions.into_iter().enumerate() {
         let stats = stats.clone();
-        let (wr, reader) = split_session(s, move |buf| scan(buf, me, epoch, &stats));
+        let (wr, reader) = split_session(s, move |buf| scan(buf, me, own, epoch, &stats));
         writers.push(wr);
         readers.push(reader);
     }
@@ -407,7 +436,8 @@ pub async fn chat(
     // carbons, archive preferences) before measuring anything.
     wait_quiet(server).await;
 
-    let domain = t.domain.clone();
+    let mut steps = Vec::new();
+    let mut max = 0;
     for (step, &rate) in rates.iter().enumerate() {
         let period = Duration::from_secs_f64(users as f64 / rate as f64);
         let sent = Arc::new(AtomicU64::new(0));
@@ -419,7 +449,7 @@ pub async fn chat(
         for (me, w) in writers.iter().enumerate() {
             let w = w.clone();
             let sent = sent.clone();
-            let to = format!("{}@{domain}", targets::user(me ^ 1));
+            let (to, typ) = addr(me);
             // Spread the senders over the period so the rate is smooth.
             let offset = period.mul_f64(me as f64 / users as f64);
             senders.push(tokio::spawn(async move {
@@ -432,7 +462,7 @@ pub async fn chat(
                     }
                     let t_us = epoch.elapsed().as_micros() as u64;
                     let msg = format!(
-                        "<message to='{to}' type='chat'><body>b:{step}:{me}:{t_us}</body></message>"
+                        "<message to='{to}' type='{typ}'><body>b:{step}:{me}:{t_us}</body></message>"
                     );
                     let mut w = w.lock().await;
                     if w.write_all(msg.as_bytes()).await.is_err() {
@@ -446,12 +476,13 @@ pub async fn chat(
             let _ = s.await;
         }
         let sent = sent.load(Ordering::Relaxed);
+        let expected = sent * fanout;
         // Drain: wait for what is still on its way (bounded).
         let drain_end = Instant::now() + Duration::from_secs(5);
         while Instant::now() < drain_end {
             let got = stats.received[step].load(Ordering::Relaxed)
-                + stats.errors[step].load(Ordering::Relaxed);
-            if got >= sent {
+                + stats.errors[step].load(Ordering::Relaxed) * fanout;
+            if got >= expected {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -467,7 +498,7 @@ pub async fn chat(
             .unwrap_or_default();
         lat.sort_unstable();
         let p99 = percentile(&lat, 0.99);
-        let lost = sent.saturating_sub(delivered);
+        let lost = expected.saturating_sub(delivered);
         let st = Step {
             offered_per_sec: rate,
             sent,
@@ -489,9 +520,9 @@ pub async fn chat(
             rate, st.sent, st.delivered, st.lost, st.p50_ms, st.p99_ms, st.max_ms, st.server_cpu_percent, st.loadgen_cpu_percent
         );
         let ok = st.sustainable;
-        result.steps.push(st);
+        steps.push(st);
         if ok {
-            result.max_sustainable_per_sec = rate;
+            max = rate;
         } else {
             break;
         }
@@ -502,5 +533,5 @@ pub async fn chat(
         let _ = w.write_all(b"</stream:stream>").await;
     }
     drop(readers);
-    result
+    (steps, max)
 }

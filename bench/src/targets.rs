@@ -45,6 +45,16 @@ impl Kind {
         }
     }
 
+    /// The group-chat service's domain (each server's default).
+    pub fn muc_domain(self) -> String {
+        match self {
+            Kind::Confab | Kind::ConfabNomam | Kind::ConfabNoinbox => {
+                format!("rooms.{}", self.domain())
+            }
+            Kind::Prosody | Kind::Ejabberd => format!("conference.{}", self.domain()),
+        }
+    }
+
     fn ip(self) -> &'static str {
         match self {
             Kind::Confab | Kind::ConfabNomam | Kind::ConfabNoinbox => "127.0.0.10",
