@@ -60,6 +60,9 @@ done
 # Fresh accounts for history_scenario, which counts whole archives and inboxes.
 "$confab" --config "$work/confab.toml" user add hist-alice@localhost interop-pw-1 >/dev/null
 "$confab" --config "$work/confab.toml" user add hist-bob@localhost interop-pw-1 >/dev/null
+# Fresh accounts for muc_scenario, which reads a room's whole archive and an inbox.
+"$confab" --config "$work/confab.toml" user add muc-alice@localhost interop-pw-1 >/dev/null
+"$confab" --config "$work/confab.toml" user add muc-bob@localhost interop-pw-1 >/dev/null
 
 failed=0
 run() {
@@ -98,6 +101,11 @@ run dnd_scenario $py "$here/dnd_scenario.py" --server 127.0.0.1 --port "$port" \
 # whole conversation go from alice's MAM on both her devices, the other
 # device is notified, bob's archive is unchanged, and the inbox agrees.
 run history_scenario $py "$here/history_scenario.py" --server 127.0.0.1 --port "$port" \
+    --domain localhost --cafile "$cert" --password interop-pw-1 ${INTEROP_DEBUG:+--debug}
+# Group chat on rooms.localhost (XEP-0045) with slixmpp's MUC and MAM code:
+# a room created, given a member and a name, its archive read by a member
+# who never joined, counted in that member's inbox, and real JIDs shown.
+run muc_scenario $py "$here/muc_scenario.py" --server 127.0.0.1 --port "$port" \
     --domain localhost --cafile "$cert" --password interop-pw-1 ${INTEROP_DEBUG:+--debug}
 
 # Graceful stop: SIGTERM, exit status 0.
