@@ -844,12 +844,17 @@ impl Room {
         let Some(nick) = self.by_session.remove(full) else {
             return;
         };
+        let oid = self
+            .occupants
+            .get(&nick)
+            .map(|o| o.occupant_id.clone())
+            .unwrap_or_default();
         let mut items = Vec::new();
         let mut own = vec!["110"];
         own.extend_from_slice(codes);
         items.push(Send::Session(
             full.clone(),
-            self.unavailable(&nick, full.as_str(), full, "member", &own),
+            self.unavailable(&nick, &oid, full.as_str(), full, "member", &own),
         ));
         let last = match self.occupants.get_mut(&nick) {
             Some(o) => {
@@ -859,23 +864,24 @@ impl Room {
             None => false,
         };
         if last {
-            if let Some(o) = self.occupants.remove(&nick) {
-                for other in self.occupants.values() {
-                    for s in &other.sessions {
-                        items.push(Send::Session(
-                            s.clone(),
-                            self.unavailable_of(&nick, &o, full.as_str(), s, "member", codes),
-                        ));
-                    }
+            self.occupants.remove(&nick);
+            for other in self.occupants.values() {
+                for s in &other.sessions {
+                    items.push(Send::Session(
+                        s.clone(),
+                        self.unavailable(&nick, &oid, full.as_str(), s, "member", codes),
+                    ));
                 }
             }
         }
         self.emit(false, items);
     }
 
+    /// An occupant's unavailable presence, to one session.
     fn unavailable(
         &self,
         nick: &str,
+        occupant_id: &str,
         jid: &str,
         to: &FullJid,
         affiliation: &str,
@@ -891,33 +897,11 @@ impl Room {
             ],
         );
         p.append_child(self.user_x(jid, affiliation, "none", codes));
-        if let Some(o) = self.occupants.get(nick) {
-            p.append_child(element(
-                "occupant-id",
-                NS_OCCUPANT_ID,
-                &[("id", &o.occupant_id)],
-            ));
-        }
-        p
-    }
-
-    fn unavailable_of(
-        &self,
-        nick: &str,
-        occ: &Occupant,
-        jid: &str,
-        to: &FullJid,
-        affiliation: &str,
-        codes: &[&str],
-    ) -> Element {
-        let mut p = self.unavailable(nick, jid, to, affiliation, codes);
-        if !p.has_child("occupant-id", NS_OCCUPANT_ID) {
-            p.append_child(element(
-                "occupant-id",
-                NS_OCCUPANT_ID,
-                &[("id", &occ.occupant_id)],
-            ));
-        }
+        p.append_child(element(
+            "occupant-id",
+            NS_OCCUPANT_ID,
+            &[("id", occupant_id)],
+        ));
         p
     }
 
@@ -948,7 +932,7 @@ impl Room {
                 if own {
                     c.insert(0, "110");
                 }
-                let mut p = self.unavailable_of(&nick, &o, &shown, s, "none", &c);
+                let mut p = self.unavailable(&nick, &o.occupant_id, &shown, s, "none", &c);
                 if let (Some(d), Some(x)) = (extra, p.get_child_mut("x", ns::MUC_USER)) {
                     x.append_child(d.clone());
                 }
