@@ -17,11 +17,18 @@ archive and bob's whole inbox. Steps, each with a timeout:
      201 and an item affiliation='member' role='participant' with her full
      JID, and the (empty) subject comes last
   3. alice makes bob a member (xep_0045 set_affiliation): she, in the room,
-     is told; the room's member list (muc#admin) is alice and bob
+     is told; the room's member list (muc#admin) is alice and bob; the
+     server published the room to bob's PEP bookmarks (XEP-0402,
+     urn:xmpp:bookmarks:1, item id the room's JID): bob's client, whose
+     entity caps (xep_0115) carry urn:xmpp:bookmarks:1+notify (xep_0163
+     add_interest before his initial presence), gets the notification
+     (pubsub_publish); alice's and bob's own nodes (xep_0060 get_items)
+     hold the room's conference with autojoin true
   4. alice renames the room "Interop Room" through the configuration form
      (xep_0045 get_room_config / set_room_config): she gets status 104;
      the room's disco#info shows the name in its identity and in its
-     muc#roominfo form (1 occupant, 2 members)
+     muc#roominfo form (1 occupant, 2 members); both get a bookmark
+     notification with the new name, and both bookmarks carry it
   5. alice sends 3 groupchat messages: each is reflected to her from
      interop@rooms.DOMAIN/alice with its id and one stanza-id by the room;
      bob, a member who never joined, gets none of them
@@ -35,6 +42,16 @@ archive and bob's whole inbox. Steps, each with a timeout:
      interop@rooms.DOMAIN/bob, with a stanza-id by the room
   8. errors: making bob an outcast, or an admin, gets not-allowed (every
      member is equal); the member list is unchanged
+  9. a bookmark a client keeps itself, the XEP-0402 way: alice publishes
+     one for other@rooms.DOMAIN (the xep_0402 Conference stanza, through
+     xep_0223 with the publish-options persist_items, max_items=max,
+     send_last_published_item=never, access_model=whitelist); her client
+     is notified, reads it back by id (xep_0223 retrieve) as published,
+     and her node holds exactly the two bookmarks
+ 10. bob leaves (a muc#admin set of his own affiliation to 'none'): his
+     client is notified of the retraction of the room's bookmark, his
+     node no longer has it; the members are alice alone, whose two
+     bookmarks are unchanged
 
 Prints one JSON object (the steps passed, or where it stopped) and exits
 0 when every step passed, 1 otherwise. Run it with /usr/bin/python3
@@ -43,11 +60,14 @@ Prints one JSON object (the steps passed, or where it stopped) and exits
 import asyncio
 import contextlib
 import sys
+import types
 import uuid
 
 from slixmpp import JID
 from slixmpp.exceptions import IqError, IqTimeout, PresenceError
-from slixmpp.xmlstream import ET
+from slixmpp.plugins import base as plugin_base
+from slixmpp.plugins.xep_0060.stanza import EventItem, Item
+from slixmpp.xmlstream import ET, ElementBase, register_stanza_plugin
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
 
@@ -65,16 +85,64 @@ NS_FWD = "urn:xmpp:forward:0"
 NS_CLIENT = "jabber:client"
 NS_SID = "urn:xmpp:sid:0"
 ROOMINFO = "http://jabber.org/protocol/muc#roominfo"
+NS_BOOKMARKS = "urn:xmpp:bookmarks:1"
+NS_PUBSUB = "http://jabber.org/protocol/pubsub"
+NS_PUBSUB_EVENT = "http://jabber.org/protocol/pubsub#event"
+PUBLISH_OPTIONS = "http://jabber.org/protocol/pubsub#publish-options"
 NAME = "Interop Room"
+
+try:  # slixmpp 1.8.4 and later have XEP-0402 (PEP native bookmarks)
+    from slixmpp.plugins.xep_0402 import stanza as bookmarks_stanza
+except ImportError:
+    # Debian's 1.8.3 does not: the same plugin as upstream's (the
+    # <conference/> stanza on pubsub items), registered under its name.
+    class _Conference(ElementBase):
+        namespace = NS_BOOKMARKS
+        name = "conference"
+        plugin_attrib = "conference"
+        interfaces = {"name", "autojoin", "nick"}
+        sub_interfaces = {"nick"}
+
+        def set_autojoin(self, v):
+            self._set_attr("autojoin", "true" if v else "false")
+
+        def get_autojoin(self):
+            v = self._get_attr("autojoin", "")
+            return v == "1" or v.lower() == "true"
+
+    def _register_conference():
+        register_stanza_plugin(Item, _Conference)
+        register_stanza_plugin(EventItem, _Conference)
+
+    bookmarks_stanza = types.SimpleNamespace(NS=NS_BOOKMARKS, Conference=_Conference,
+                                             register_plugin=_register_conference)
+
+    class XEP_0402(plugin_base.BasePlugin):
+        """XEP-0402: PEP Native Bookmarks"""
+        name = "xep_0402"
+        description = "XEP-0402: PEP Native Bookmarks"
+        dependencies = {"xep_0060"}
+        stanza = bookmarks_stanza
+
+        def plugin_init(self):
+            self.stanza.register_plugin()
+
+    plugin_base.register_plugin(XEP_0402)
+Conference = bookmarks_stanza.Conference
 
 
 class MucClient(Client):
-    """c2s_scenario's client with slixmpp's MUC and MAM plugins."""
+    """c2s_scenario's client with slixmpp's MUC, MAM, PEP and bookmarks
+    plugins."""
 
     def __init__(self, jid, password, cafile):
         super().__init__(jid, password, cafile)
-        for p in ("xep_0045", "xep_0297", "xep_0313", "xep_0359"):
+        for p in ("xep_0045", "xep_0297", "xep_0313", "xep_0359", "xep_0004", "xep_0060",
+                  "xep_0115", "xep_0163", "xep_0223", "xep_0402"):
             self.register_plugin(p)
+        # PEP notifications (no body): into c.inbox, for c.expect.
+        self.add_event_handler("pubsub_publish", self.inbox.put_nowait)
+        self.add_event_handler("pubsub_retract", self.inbox.put_nowait)
 
         # slixmpp's "message" event is for messages with a body: the room's
         # notices (affiliation changes, status 104) go to c.inbox here.
@@ -86,6 +154,17 @@ class MucClient(Client):
         # Nor does its "presence" event report an occupant's presence once
         # the room's bare JID is in the roster (xep_0045 sets ignore_updates).
         self.add_event_handler("groupchat_presence", self.inbox.put_nowait)
+
+    async def _on_start(self, event):
+        # Interest in bookmark notifications (disco feature
+        # urn:xmpp:bookmarks:1+notify), in the entity caps of the initial
+        # presence that Client._on_start sends. slixmpp keys its disco info
+        # by boundjid.full, so this is done once the resource is bound (done
+        # in __init__ it would be filed under the bare JID and never shown),
+        # and the caps are recomputed, awaited, before that presence goes.
+        self.plugin["xep_0163"].add_interest(NS_BOOKMARKS)
+        await self.plugin["xep_0115"].update_caps(broadcast=False)
+        await super()._on_start(event)
 
 
 async def login(args, user):
@@ -190,6 +269,104 @@ async def disco_info(c, jid):
     return iq.xml.find("{%s}query" % NS_INFO)
 
 
+def conference(el):
+    """A <conference xmlns='urn:xmpp:bookmarks:1'/> through xep_0402's
+    stanza: {name, autojoin, nick}; None if el is None."""
+    if el is None:
+        return None
+    c = Conference(xml=el)
+    return {"name": c["name"], "autojoin": c["autojoin"], "nick": c["nick"]}
+
+
+async def bookmarks(c, item_ids=None, missing_ok=False):
+    """c's own bookmarks (xep_0060 get_items on its account's
+    urn:xmpp:bookmarks:1 node): {item id: conference(...)}. missing_ok: a
+    node that does not exist (item-not-found) has none."""
+    what = "%s: its bookmarks (get_items %s%s)" % (
+        c.boundjid, NS_BOOKMARKS, " ids %s" % item_ids if item_ids else "")
+    try:
+        iq = await asyncio.wait_for(c.plugin["xep_0060"].get_items(
+            None, NS_BOOKMARKS, item_ids=item_ids, timeout=STEP_TIMEOUT), STEP_TIMEOUT + 1)
+    except IqError as e:
+        if missing_ok and e.condition == "item-not-found":
+            return {}
+        raise RuntimeError("%s got %s %s" % (what, e.condition, e.text or ""))
+    except (IqTimeout, asyncio.TimeoutError):
+        raise RuntimeError("%s: no answer within %.0f s" % (what, STEP_TIMEOUT))
+    items = iq.xml.find("{%s}pubsub/{%s}items" % (NS_PUBSUB, NS_PUBSUB))
+    if items is None or items.get("node") != NS_BOOKMARKS:
+        raise RuntimeError("%s: no <items node='%s'/> in %s" % (what, NS_BOOKMARKS, iq))
+    out = {}
+    for it in items.findall("{%s}item" % NS_PUBSUB):
+        conf = conference(it.find("{%s}conference" % NS_BOOKMARKS))
+        if conf is None:
+            raise RuntimeError("%s: item %r holds no conference: %s"
+                               % (what, it.get("id"), ET.tostring(it).decode()))
+        out[it.get("id")] = conf
+    return out
+
+
+def bookmark_event(own_bare, item_id, retract=False, **want):
+    """A PEP notification (headline from own_bare, node urn:xmpp:bookmarks:1)
+    of the publication of item_id, with a conference whose fields include
+    `want`; or of its retraction."""
+    def pred(st):
+        if (st.name != "message" or st["type"] != "headline"
+                or str(st["from"]) != own_bare):
+            return False
+        items = st.xml.find("{%s}event/{%s}items" % (NS_PUBSUB_EVENT, NS_PUBSUB_EVENT))
+        if items is None or items.get("node") != NS_BOOKMARKS:
+            return False
+        for child in items:
+            if child.get("id") != item_id:
+                continue
+            if retract:
+                if child.tag == "{%s}retract" % NS_PUBSUB_EVENT:
+                    return True
+                continue
+            if child.tag != "{%s}item" % NS_PUBSUB_EVENT:
+                continue
+            conf = conference(child.find("{%s}conference" % NS_BOOKMARKS))
+            if conf is not None and all(conf.get(k) == v for k, v in want.items()):
+                return True
+        return False
+    return pred
+
+
+async def expect_bookmark(c, what, pred):
+    """c.expect, the bookmark notifications seen meanwhile in the error."""
+    try:
+        return await c.expect(what, pred)
+    except RuntimeError as e:
+        seen = [ET.tostring(st.xml).decode() for st in c.kept
+                if st.name == "message" and st.xml.find("{%s}event" % NS_PUBSUB_EVENT) is not None]
+        raise RuntimeError("%s; the PEP notifications it got: %s" % (e, seen or "none"))
+
+
+async def publish_bookmark(c, room, **conf):
+    """Publish a bookmark the XEP-0402 way: xep_0402's Conference, item id
+    the room's JID, through xep_0223 (persist_items, access_model
+    whitelist) with the other publish-options XEP-0402 asks for."""
+    bm = Conference()
+    for k, v in conf.items():
+        bm[k] = v
+    opts = c.plugin["xep_0004"].stanza.Form()
+    opts["type"] = "submit"
+    opts.add_field(var="FORM_TYPE", ftype="hidden", value=PUBLISH_OPTIONS)
+    opts.add_field(var="pubsub#max_items", value="max")
+    opts.add_field(var="pubsub#send_last_published_item", value="never")
+    try:
+        await asyncio.wait_for(c.plugin["xep_0223"].store(
+            bm, node=NS_BOOKMARKS, id=room, options=opts, timeout=STEP_TIMEOUT),
+            STEP_TIMEOUT + 1)
+    except IqError as e:
+        raise RuntimeError("%s: publishing its bookmark of %s got %s %s"
+                           % (c.boundjid, room, e.condition, e.text or ""))
+    except (IqTimeout, asyncio.TimeoutError):
+        raise RuntimeError("%s: no answer to publishing its bookmark of %s within %.0f s"
+                           % (c.boundjid, room, STEP_TIMEOUT))
+
+
 async def scenario(args, steps):
     d = args.domain
     service = args.rooms or "rooms." + d
@@ -249,7 +426,16 @@ async def scenario(args, steps):
     got = await members(alice, room)
     if got != sorted([a_bare, b_bare]):
         raise RuntimeError("the members of %s: %s" % (room, got))
-    steps.append("3 bob is a member (set_affiliation); alice told; members %s" % got)
+    await expect_bookmark(bob, "the notification of his bookmark of %s" % room,
+                          bookmark_event(b_bare, room, autojoin=True))
+    marks = {}
+    for who, c in (("alice", alice), ("bob", bob)):
+        marks[who] = (await bookmarks(c)).get(room)
+        if marks[who] is None or marks[who]["autojoin"] is not True:
+            raise RuntimeError("%s's bookmark of %s: %s, expected a conference with autojoin true"
+                               % (who, room, marks[who]))
+    steps.append("3 bob is a member (set_affiliation); alice told; members %s; bob notified of "
+                 "his bookmark; bookmarks %s" % (got, marks))
 
     # 4 -------------------------------------------------------------------
     muc = alice.plugin["xep_0045"]
@@ -293,8 +479,16 @@ async def scenario(args, steps):
                            NS_MAM) if f not in feats]
     if missing:
         raise RuntimeError("the room's disco#info lacks %s" % missing)
-    steps.append("4 renamed %r (status 104); disco#info: identity name %r, roominfo %s"
-                 % (NAME, names[0], shown))
+    marks = {}
+    for who, c, bare in (("alice", alice, a_bare), ("bob", bob, b_bare)):
+        await expect_bookmark(c, "the notification of the bookmark of %s renamed %r"
+                              % (room, NAME), bookmark_event(bare, room, name=NAME, autojoin=True))
+        marks[who] = (await bookmarks(c)).get(room)
+        if marks[who] is None or marks[who]["name"] != NAME or marks[who]["autojoin"] is not True:
+            raise RuntimeError("%s's bookmark of %s after the rename: %s, expected name %r, "
+                               "autojoin true" % (who, room, marks[who], NAME))
+    steps.append("4 renamed %r (status 104); disco#info: identity name %r, roominfo %s; both "
+                 "notified, bookmarks %s" % (NAME, names[0], shown, marks))
 
     # 5 -------------------------------------------------------------------
     sent = []  # (id, body)
@@ -389,6 +583,7 @@ async def scenario(args, steps):
                  "from %s" % (seen[a_occ], item["jid"], got["from"]))
 
     # 8 -------------------------------------------------------------------
+    muc_b = bob.plugin["xep_0045"]
     for aff in ("outcast", "admin"):
         await refused(alice, "making bob %s" % aff, "not-allowed",
                       muc.set_affiliation(JID(room), aff, jid=JID(b_bare), timeout=STEP_TIMEOUT))
@@ -396,6 +591,51 @@ async def scenario(args, steps):
     if got != sorted([a_bare, b_bare]):
         raise RuntimeError("the members of %s after the refused changes: %s" % (room, got))
     steps.append("8 errors: outcast and admin not-allowed; members still %s" % got)
+
+    # 9 -------------------------------------------------------------------
+    other = "other@" + service
+    mine = {"name": "Other Room", "autojoin": False, "nick": "alice-" + run}
+    await publish_bookmark(alice, other, **mine)
+    await expect_bookmark(alice, "the notification of her own bookmark of %s" % other,
+                          bookmark_event(a_bare, other, **mine))
+    try:
+        iq = await asyncio.wait_for(alice.plugin["xep_0223"].retrieve(
+            NS_BOOKMARKS, id=other, timeout=STEP_TIMEOUT), STEP_TIMEOUT + 1)
+    except IqError as e:
+        raise RuntimeError("alice reading back her bookmark of %s got %s %s"
+                           % (other, e.condition, e.text or ""))
+    except (IqTimeout, asyncio.TimeoutError):
+        raise RuntimeError("alice reading back her bookmark of %s: no answer" % other)
+    back = [(i["id"], conference(i.xml.find("{%s}conference" % NS_BOOKMARKS)))
+            for i in iq["pubsub"]["items"]]
+    if back != [(other, mine)]:
+        raise RuntimeError("alice's bookmark of %s read back as %s, published %s"
+                           % (other, back, mine))
+    a_marks = await bookmarks(alice)
+    if sorted(a_marks) != sorted([room, other]):
+        raise RuntimeError("alice's bookmarks: %s, expected %s and %s" % (a_marks, room, other))
+    steps.append("9 alice published her bookmark of %s (xep_0402 through xep_0223), was "
+                 "notified, read it back %s; her bookmarks %s" % (other, back[0][1], sorted(a_marks)))
+
+    # 10 ------------------------------------------------------------------
+    try:
+        await muc_b.set_affiliation(JID(room), "none", jid=JID(b_bare), timeout=STEP_TIMEOUT)
+    except (IqError, IqTimeout) as e:
+        raise RuntimeError("bob leaving %s (his own affiliation set to none): %r" % (room, e))
+    await expect_bookmark(bob, "the retraction of his bookmark of %s" % room,
+                          bookmark_event(b_bare, room, retract=True))
+    b_marks = await bookmarks(bob, missing_ok=True)
+    if room in b_marks:
+        raise RuntimeError("bob left %s, his bookmarks still have it: %s" % (room, b_marks))
+    got = await members(alice, room)
+    if got != [a_bare]:
+        raise RuntimeError("the members of %s after bob left: %s" % (room, got))
+    after = await bookmarks(alice)
+    if after != a_marks:
+        raise RuntimeError("alice's bookmarks changed when bob left: %s, were %s"
+                           % (after, a_marks))
+    steps.append("10 bob left (affiliation none): notified of the retraction, his bookmarks %s; "
+                 "members %s; alice's bookmarks unchanged" % (sorted(b_marks), got))
 
     for c in (alice, bob):
         c.disconnect()

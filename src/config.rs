@@ -174,6 +174,9 @@ pub struct Limits {
     pub max_private_bytes: usize,
     /// Largest vCard (XEP-0054) an account may store, in bytes.
     pub max_vcard_bytes: usize,
+    /// Bytes of PEP items (XEP-0163: avatars, bookmarks, OMEMO keys…) one
+    /// account may keep, all its nodes together.
+    pub max_pep_bytes: usize,
     /// Stanzas queued for one connection before it is considered stuck.
     pub session_queue: usize,
     /// Bytes queued for one connection before it is considered stuck.
@@ -231,6 +234,7 @@ impl Default for Limits {
             max_offline_bytes: 10 << 20,
             max_private_bytes: 1 << 20,
             max_vcard_bytes: 128 * 1024,
+            max_pep_bytes: 4 << 20,
             session_queue: 4096,
             session_queue_bytes: 2 << 20,
         }
@@ -370,7 +374,7 @@ impl Config {
             }
         }
         let l = &self.limits;
-        let ranges: [(&str, u64, u64, u64); 20] = [
+        let ranges: [(&str, u64, u64, u64); 21] = [
             (
                 "limits.max_stanza_bytes",
                 l.max_stanza_bytes as u64,
@@ -452,6 +456,7 @@ impl Config {
                 0,
                 u64::MAX,
             ),
+            ("limits.max_pep_bytes", l.max_pep_bytes as u64, 0, u64::MAX),
             ("sm.resume_timeout_s", self.sm.resume_timeout_s, 0, 86_400),
             ("sm.max_unacked", self.sm.max_unacked as u64, 5, 100_000),
             // A page is sent unacknowledged: it must fit well within what a

@@ -14,6 +14,7 @@ pub mod fuzzing;
 pub mod modules;
 pub mod muc;
 pub mod net;
+pub mod pep;
 pub mod router;
 pub mod sasl;
 pub mod server;

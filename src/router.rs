@@ -227,7 +227,14 @@ async fn to_remote(ctx: &Arc<Ctx>, el: Element, kind: Kind) {
 
 async fn to_server(ctx: &Arc<Ctx>, el: Element, kind: Kind, to: Jid) {
     match kind {
-        Kind::Iq => handle_iq(ctx, el, Target::Server, Some(to)).await,
+        Kind::Iq => {
+            if matches!(stanza_type(&el), "result" | "error") {
+                // The answer to a request the server sent.
+                ctx.registry.iq_response(ctx, el).await;
+            } else {
+                handle_iq(ctx, el, Target::Server, Some(to)).await
+            }
+        }
         Kind::Message => {
             if !matches!(stanza_type(&el), "error" | "groupchat" | "headline") {
                 bounce(ctx, &el, Cond::ServiceUnavailable, None).await;

@@ -44,7 +44,15 @@ impl IqHandler for Info {
             if req.typ != IqType::Get {
                 return Err(simple_error(Cond::BadRequest, None));
             }
-            if req.payload.attr("node").is_some() {
+            if let Some(node) = req.payload.attr("node") {
+                // A node of an account (PEP): the feature that keeps it.
+                if let Target::Account(user) = &req.target {
+                    for d in ctx.registry.account_discos() {
+                        if let Some(r) = d.node_info(ctx, user, &req.from, node).await {
+                            return r;
+                        }
+                    }
+                }
                 return Err(simple_error(Cond::ItemNotFound, None));
             }
             let mut q = Element::bare("query", ns::DISCO_INFO);
@@ -66,6 +74,13 @@ impl IqHandler for Info {
                         ns::DISCO_INFO,
                         &[("category", "account"), ("type", "registered")],
                     ));
+                    for (category, typ) in ctx.registry.account_identities() {
+                        q.append_child(element(
+                            "identity",
+                            ns::DISCO_INFO,
+                            &[("category", category), ("type", typ)],
+                        ));
+                    }
                     ctx.registry.account_features()
                 }
             };
@@ -94,10 +109,20 @@ impl IqHandler for Items {
                 return Err(simple_error(Cond::ItemNotFound, None));
             }
             let mut q = Element::bare("query", ns::DISCO_ITEMS);
-            if req.target == Target::Server {
-                // The services on subdomains (rooms. …).
-                for d in ctx.registry.component_domains() {
-                    q.append_child(element("item", ns::DISCO_ITEMS, &[("jid", d)]));
+            match &req.target {
+                Target::Server => {
+                    // The services on subdomains (rooms. …).
+                    for d in ctx.registry.component_domains() {
+                        q.append_child(element("item", ns::DISCO_ITEMS, &[("jid", d)]));
+                    }
+                }
+                Target::Account(user) => {
+                    // Its nodes the requester may see (PEP).
+                    for d in ctx.registry.account_discos() {
+                        for it in d.items(ctx, user, &req.from).await {
+                            q.append_child(it);
+                        }
+                    }
                 }
             }
             Ok(Some(q))

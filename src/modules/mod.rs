@@ -188,16 +188,24 @@ pub trait Filter: Send + Sync {
 pub enum Event<'a> {
     /// A resource sent its first available presence.
     InitialPresence { full: &'a FullJid, priority: i8 },
+    /// A resource broadcast presence: available (`el` is the presence
+    /// as its contacts got it), or unavailable.
+    Presence {
+        full: &'a FullJid,
+        available: bool,
+        el: &'a Element,
+    },
     /// A session ended (after its unavailable presence went out).
     SessionClosed { full: &'a FullJid },
     /// An account was deleted.
     UserDeleted { jid: &'a BareJid },
     /// `user` became a member of `room` (`joined`), or stopped being one;
-    /// `name` is the room's name.
+    /// `name` is the room's name, `nick` the member's nickname in it.
     Membership {
         room: &'a BareJid,
         user: &'a BareJid,
         name: &'a str,
+        nick: Option<&'a str>,
         joined: bool,
     },
     /// A user hid messages from their own view (`history.rs`): the whole
@@ -252,6 +260,67 @@ pub trait SharedConversations: Send + Sync {
     ) -> BoxFuture<'a, crate::store::StoreResult<()>>;
 }
 
+/// A feature that sends IQs of its own from the server and takes their
+/// answers: results and errors addressed to the server whose id starts
+/// with the prefix it registered.
+pub trait IqResponses: Send + Sync {
+    fn response<'a>(&'a self, ctx: &'a Arc<Ctx>, el: Element) -> BoxFuture<'a, ()>;
+}
+
+/// Personal eventing (XEP-0163) as other features use it: the server
+/// publishing to, or retracting from, a node of an account on its own
+/// (bookmarks of the rooms a user is a member of), with the notifications
+/// a publish by the owner would cause.
+pub trait PersonalEvents: Send + Sync {
+    /// Publish `payload` as item `id` of `owner`'s `node`, creating the
+    /// node with `config` if it does not exist. Durable once resolved.
+    fn publish<'a>(
+        &'a self,
+        ctx: &'a Arc<Ctx>,
+        owner: &'a BareJid,
+        node: &'a str,
+        config: &'a crate::store::PepNodeConfig,
+        id: &'a str,
+        payload: Element,
+    ) -> BoxFuture<'a, crate::store::StoreResult<()>>;
+    /// Retract item `id` of `owner`'s `node`, if it is there.
+    fn retract<'a>(
+        &'a self,
+        ctx: &'a Arc<Ctx>,
+        owner: &'a BareJid,
+        node: &'a str,
+        id: &'a str,
+    ) -> BoxFuture<'a, crate::store::StoreResult<()>>;
+    /// The items of `owner`'s `node`, oldest first: (id, payload).
+    fn items<'a>(
+        &'a self,
+        ctx: &'a Arc<Ctx>,
+        owner: &'a BareJid,
+        node: &'a str,
+    ) -> BoxFuture<'a, crate::store::StoreResult<Vec<(String, Element)>>>;
+}
+
+/// What an account shows in service discovery beyond its features: items
+/// and nodes (PEP nodes), for the requester `from`.
+pub trait AccountDisco: Send + Sync {
+    /// disco#items of the account (no node).
+    fn items<'a>(
+        &'a self,
+        ctx: &'a Arc<Ctx>,
+        owner: &'a BareJid,
+        from: &'a Jid,
+    ) -> BoxFuture<'a, Vec<Element>>;
+    /// disco#info of one of the account's nodes: `None` when the node is
+    /// not this feature's.
+    fn node_info<'a>(
+        &'a self,
+        ctx: &'a Arc<Ctx>,
+        owner: &'a BareJid,
+        from: &'a Jid,
+        node: &'a str,
+    ) -> BoxFuture<'a, Option<IqResult>>;
+}
+
 struct IqEntry {
     handler: Arc<dyn IqHandler>,
     server: bool,
@@ -270,6 +339,10 @@ pub struct Registry {
     listeners: Vec<Arc<dyn Listener>>,
     components: HashMap<String, Arc<dyn Component>>,
     shared: Vec<Arc<dyn SharedConversations>>,
+    responses: Vec<(&'static str, Arc<dyn IqResponses>)>,
+    personal_events: Option<Arc<dyn PersonalEvents>>,
+    account_identities: Vec<(&'static str, &'static str)>,
+    account_disco: Vec<Arc<dyn AccountDisco>>,
 }
 
 impl Registry {
@@ -408,6 +481,48 @@ impl Registry {
         None
     }
 
+    /// Take the results and errors addressed to the server whose id
+    /// starts with `prefix`.
+    pub fn iq_responses(&mut self, prefix: &'static str, h: Arc<dyn IqResponses>) {
+        self.responses.push((prefix, h));
+    }
+
+    /// Hand an IQ result or error addressed to the server to the feature
+    /// that sent the request (nothing happens when none did).
+    pub async fn iq_response(&self, ctx: &Arc<Ctx>, el: Element) {
+        let id = el.attr("id").unwrap_or_default();
+        if let Some((_, h)) = self.responses.iter().find(|(p, _)| id.starts_with(p)) {
+            h.response(ctx, el).await;
+        }
+    }
+
+    pub fn personal_events(&mut self, p: Arc<dyn PersonalEvents>) {
+        self.personal_events = Some(p);
+    }
+
+    /// Personal eventing, when a feature provides it.
+    pub fn pep(&self) -> Option<&Arc<dyn PersonalEvents>> {
+        self.personal_events.as_ref()
+    }
+
+    /// An identity every account shows in disco#info besides
+    /// `account/registered`.
+    pub fn account_identity(&mut self, category: &'static str, typ: &'static str) {
+        self.account_identities.push((category, typ));
+    }
+
+    pub fn account_identities(&self) -> &[(&'static str, &'static str)] {
+        &self.account_identities
+    }
+
+    pub fn account_disco(&mut self, d: Arc<dyn AccountDisco>) {
+        self.account_disco.push(d);
+    }
+
+    pub fn account_discos(&self) -> &[Arc<dyn AccountDisco>] {
+        &self.account_disco
+    }
+
     pub fn iq_handler(&self, ns: &str, target: &Target) -> Option<Arc<dyn IqHandler>> {
         let e = self.iq.get(ns)?;
         let ok = match target {
@@ -527,6 +642,7 @@ pub fn registry(config: &crate::config::Config) -> Registry {
     offline::register(&mut r);
     dnd::register(&mut r, config);
     presence::register(&mut r);
+    crate::pep::register(&mut r);
     crate::muc::register(&mut r, config);
     r
 }

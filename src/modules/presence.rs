@@ -138,6 +138,16 @@ async fn broadcast(ctx: &Arc<Ctx>, st: &mut ClientState, el: Element) {
             let _ = r.mailbox.deliver(with_to(&el, r.full.as_str()));
         }
     }
+    ctx.registry
+        .emit(
+            ctx,
+            Event::Presence {
+                full: &st.full,
+                available,
+                el: &el,
+            },
+        )
+        .await;
     if !available {
         for to in st.take_directed() {
             let bare = Jid::new(&to)

@@ -17,6 +17,7 @@
 //! room's JID), count as unread in every member's journal, and reach the
 //! occupants only once they are on disk.
 
+mod bookmarks;
 mod forms;
 mod room;
 
@@ -59,6 +60,7 @@ pub fn register(r: &mut Registry, config: &crate::config::Config) {
     r.component(svc.domain.to_string(), svc.clone());
     r.shared_conversations(svc.clone());
     r.listener(svc.clone());
+    r.listener(Arc::new(bookmarks::Bookmarks));
     r.processor(
         Stage::FromClient,
         Arc::new(DirectInvites { svc: svc.clone() }),

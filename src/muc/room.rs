@@ -517,6 +517,12 @@ impl Room {
     /// Tell the rest of the server a membership changed (bookmarks).
     async fn membership(&self, user: &BareJid, joined: bool) {
         let name = self.rec().map(|r| r.name.clone()).unwrap_or_default();
+        let nick = self.rec().and_then(|r| {
+            r.members
+                .iter()
+                .find(|m| m.jid == user.as_str())
+                .and_then(|m| m.nick.clone())
+        });
         self.ctx
             .registry
             .emit(
@@ -525,6 +531,7 @@ impl Room {
                     room: &self.jid,
                     user,
                     name: &name,
+                    nick: nick.as_deref(),
                     joined,
                 },
             )

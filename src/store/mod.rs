@@ -15,6 +15,7 @@ mod archive_log;
 pub mod sled;
 mod sled_archive;
 mod sled_journal;
+mod sled_pep;
 mod sled_rooms;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -654,6 +655,158 @@ pub trait RoomStore: Send + Sync {
     ) -> BoxFuture<'a, StoreResult<()>>;
 }
 
+/// Who may see a personal-eventing node's items and notifications
+/// (XEP-0060 §4.5, XEP-0163 §4.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessModel {
+    /// Anyone.
+    Open,
+    /// Contacts subscribed to the owner's presence (the PEP default).
+    #[default]
+    Presence,
+    /// Contacts in one of the node's roster groups.
+    Roster,
+    /// The owner alone.
+    Whitelist,
+}
+
+/// When the last item is sent to a newly available contact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SendLast {
+    Never,
+    OnSub,
+    #[default]
+    OnSubAndPresence,
+}
+
+/// A PEP node's configuration (the `pubsub#` fields Confab keeps).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PepNodeConfig {
+    #[serde(default)]
+    pub access_model: AccessModel,
+    /// Items kept; the oldest go first.
+    pub max_items: u32,
+    #[serde(default = "yes")]
+    pub persist_items: bool,
+    #[serde(default)]
+    pub send_last_published_item: SendLast,
+    #[serde(default = "yes")]
+    pub notify_retract: bool,
+    #[serde(default = "yes")]
+    pub notify_delete: bool,
+    /// For `AccessModel::Roster`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roster_groups_allowed: Vec<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub title: String,
+    /// `pubsub#type`: the payload's namespace, when set.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub payload_type: String,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// One item of a PEP node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PepItem {
+    pub id: String,
+    /// The payload, serialized.
+    pub xml: String,
+    /// Full JID of who published it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub publisher: String,
+    /// When it was published (Unix milliseconds; 0 when not known).
+    #[serde(default)]
+    pub published: i64,
+}
+
+/// What became of a publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PepPublished {
+    /// Stored; `created` when the node was made for it, and the ids of
+    /// the items dropped to keep `max_items`.
+    Stored { created: bool, dropped: Vec<String> },
+    /// The account's PEP items would exceed the byte quota: nothing
+    /// changed.
+    OverQuota,
+}
+
+/// Each account's personal-eventing nodes (XEP-0163) and their items.
+/// Every write is durable once resolved.
+pub trait PepStore: Send + Sync {
+    /// A node's configuration (`None`: no such node).
+    fn node<'a>(
+        &'a self,
+        user: &'a BareJid,
+        node: &'a str,
+    ) -> BoxFuture<'a, StoreResult<Option<PepNodeConfig>>>;
+    /// The account's nodes with their configurations, by name.
+    fn nodes<'a>(
+        &'a self,
+        user: &'a BareJid,
+    ) -> BoxFuture<'a, StoreResult<Vec<(String, PepNodeConfig)>>>;
+    /// Create a node (`Ok(false)`: it exists already, nothing changed).
+    fn create_node<'a>(
+        &'a self,
+        user: &'a BareJid,
+        node: &'a str,
+        config: PepNodeConfig,
+    ) -> BoxFuture<'a, StoreResult<bool>>;
+    /// Change an existing node's configuration (`Ok(None)`: no such
+    /// node), dropping the oldest items beyond a lower `max_items`: their
+    /// ids are returned.
+    fn configure_node<'a>(
+        &'a self,
+        user: &'a BareJid,
+        node: &'a str,
+        config: PepNodeConfig,
+    ) -> BoxFuture<'a, StoreResult<Option<Vec<String>>>>;
+    /// Delete a node and its items (`Ok(false)`: there was none).
+    fn delete_node<'a>(
+        &'a self,
+        user: &'a BareJid,
+        node: &'a str,
+    ) -> BoxFuture<'a, StoreResult<bool>>;
+    /// Store an item as the node's newest (replacing one of the same id),
+    /// creating the node with `config` if it does not exist, unless the
+    /// account's items would then take more than `max_bytes`.
+    fn publish<'a>(
+        &'a self,
+        user: &'a BareJid,
+        node: &'a str,
+        config: &'a PepNodeConfig,
+        item: PepItem,
+        max_bytes: usize,
+    ) -> BoxFuture<'a, StoreResult<PepPublished>>;
+    /// Remove an item (`Ok(false)`: the node has no such item).
+    fn retract<'a>(
+        &'a self,
+        user: &'a BareJid,
+        node: &'a str,
+        id: &'a str,
+    ) -> BoxFuture<'a, StoreResult<bool>>;
+    /// Remove every item of a node (`Ok(false)`: no such node).
+    fn purge<'a>(&'a self, user: &'a BareJid, node: &'a str) -> BoxFuture<'a, StoreResult<bool>>;
+    /// The node's newest `max` items (all when `None`), oldest first.
+    fn items<'a>(
+        &'a self,
+        user: &'a BareJid,
+        node: &'a str,
+        max: Option<usize>,
+    ) -> BoxFuture<'a, StoreResult<Vec<PepItem>>>;
+    /// The items of these ids that the node has, in the order asked.
+    fn items_by_id<'a>(
+        &'a self,
+        user: &'a BareJid,
+        node: &'a str,
+        ids: &'a [String],
+    ) -> BoxFuture<'a, StoreResult<Vec<PepItem>>>;
+}
+
 /// Every store the server uses.
 #[derive(Clone)]
 pub struct Stores {
@@ -664,6 +817,7 @@ pub struct Stores {
     pub archive: Arc<dyn ArchiveStore>,
     pub journal: Arc<dyn JournalStore>,
     pub rooms: Arc<dyn RoomStore>,
+    pub pep: Arc<dyn PepStore>,
     /// Flush and close (on shutdown).
     pub closer: Arc<dyn StoreCloser>,
 }
@@ -685,6 +839,7 @@ impl Stores {
             archive: s.clone(),
             journal: s.clone(),
             rooms: s.clone(),
+            pep: s.clone(),
             closer: s,
         })
     }

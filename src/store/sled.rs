@@ -9,6 +9,8 @@
 //! - `userdata`:   user \0 key → value
 //! - `archive_index`: the message archive's index (see `sled_archive.rs`;
 //!   the messages are in files under `archive/`)
+//! - `pep`:        user \0 node \0 …: each account's PEP nodes and items
+//!   (see `sled_pep.rs`)
 //! - `rooms`:      rooms, their members' views and each user's rooms (see
 //!   `sled_rooms.rs`)
 //! - `usage`:      user \0 class → count and bytes (u64, u64 big endian) of
@@ -43,7 +45,9 @@ pub struct SledStore {
     roster_ver: sled::Tree,
     offline: sled::Tree,
     userdata: sled::Tree,
-    usage: sled::Tree,
+    pub(super) usage: sled::Tree,
+    /// Personal eventing (see `sled_pep.rs`).
+    pub(super) pep: sled::Tree,
     /// Rooms (see `sled_rooms.rs`).
     pub(super) rooms: sled::Tree,
     /// Journal entries: user + NUL + conversation → `JournalEntry`.
@@ -92,14 +96,14 @@ pub(super) fn user_key(user: &str, rest: &[u8]) -> Vec<u8> {
 }
 
 /// Count and bytes of a usage record.
-fn decode_usage(v: Option<&[u8]>) -> (u64, u64) {
+pub(super) fn decode_usage(v: Option<&[u8]>) -> (u64, u64) {
     match v {
         Some(v) if v.len() == 16 => (decode_u64(&v[..8]), decode_u64(&v[8..])),
         _ => (0, 0),
     }
 }
 
-fn encode_usage(count: u64, bytes: u64) -> [u8; 16] {
+pub(super) fn encode_usage(count: u64, bytes: u64) -> [u8; 16] {
     let mut out = [0u8; 16];
     out[..8].copy_from_slice(&count.to_be_bytes());
     out[8..].copy_from_slice(&bytes.to_be_bytes());
@@ -108,7 +112,7 @@ fn encode_usage(count: u64, bytes: u64) -> [u8; 16] {
 
 const OFFLINE_CLASS: &str = "offline";
 
-fn usage_key(user: &str, class: &str) -> Vec<u8> {
+pub(super) fn usage_key(user: &str, class: &str) -> Vec<u8> {
     user_key(user, class.as_bytes())
 }
 
@@ -187,6 +191,7 @@ impl SledStore {
             userdata: db.open_tree("userdata").map_err(e)?,
             usage: db.open_tree("usage").map_err(e)?,
             rooms: db.open_tree("rooms").map_err(e)?,
+            pep: db.open_tree("pep").map_err(e)?,
             journal,
             journal_cache,
             archive,
@@ -338,6 +343,7 @@ impl AccountStore for SledStore {
                 &self.userdata,
                 &self.usage,
                 &self.journal,
+                &self.pep,
             ] {
                 Self::remove_prefix(tree, &prefix)?;
             }
@@ -679,7 +685,7 @@ impl StoreCloser for SledStore {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::store::{OfflineQuota, ScramRecord, Subscription};
 
@@ -692,7 +698,7 @@ mod tests {
         }
     }
 
-    fn account(jid: &str) -> Account {
+    pub(in crate::store) fn account(jid: &str) -> Account {
         Account {
             jid: jid.into(),
             scram_sha1: rec(),

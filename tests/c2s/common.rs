@@ -922,3 +922,138 @@ pub fn stanza_id(m: &Element, by: &str) -> Option<String> {
         .find(|c| c.is("stanza-id", SID) && c.attr("by") == Some(by))
         .and_then(|c| c.attr("id").map(str::to_string))
 }
+
+pub const PUBSUB: &str = "http://jabber.org/protocol/pubsub";
+pub const PUBSUB_EVENT: &str = "http://jabber.org/protocol/pubsub#event";
+
+impl Client {
+    /// Initial presence with entity capabilities (XEP-0115) whose features
+    /// include `NODE+notify` for each of `notify`, answering the server's
+    /// disco#info request for them; the identity's `name` makes the
+    /// verification string unique to `name`. Returns once the server has
+    /// its answer.
+    pub async fn caps_presence(&mut self, name: &str, notify: &[&str]) {
+        let mut features: Vec<String> = vec![
+            "http://jabber.org/protocol/caps".into(),
+            "http://jabber.org/protocol/disco#info".into(),
+        ];
+        features.extend(notify.iter().map(|n| format!("{n}+notify")));
+        features.sort();
+        // XEP-0115 §5.1, computed here independently of the server.
+        let mut s = format!("client/pc//{name}<");
+        for f in &features {
+            s.push_str(f);
+            s.push('<');
+        }
+        let ver = B64.encode(<Sha1 as sha1::Digest>::digest(s.as_bytes()));
+        let node = "https://confab.test/client";
+        self.send_raw(&format!(
+            "<presence><c xmlns='http://jabber.org/protocol/caps' hash='sha-1' \
+             node='{node}' ver='{ver}'/></presence>"
+        ))
+        .await;
+        let q = self
+            .expect_where(|e| {
+                e.name() == "iq"
+                    && e.attr("type") == Some("get")
+                    && e.has_child("query", "http://jabber.org/protocol/disco#info")
+            })
+            .await;
+        let want = format!("{node}#{ver}");
+        assert_eq!(
+            q.get_child("query", "http://jabber.org/protocol/disco#info")
+                .and_then(|x| x.attr("node")),
+            Some(want.as_str())
+        );
+        let feats: String = features
+            .iter()
+            .map(|f| format!("<feature var='{f}'/>"))
+            .collect();
+        self.send_raw(&format!(
+            "<iq type='result' id='{}' to='{}'><query xmlns='http://jabber.org/protocol/disco#info' \
+             node='{want}'><identity category='client' type='pc' name='{name}'/>{feats}</query></iq>",
+            q.attr("id").unwrap_or_default(),
+            q.attr("from").unwrap_or_default()
+        ))
+        .await;
+        let jid = self.jid.clone();
+        self.expect_where(|e| e.name() == "presence" && e.attr("from") == Some(jid.as_str()))
+            .await;
+    }
+
+    /// Publish `payload` as item `id` of the user's own PEP `node`, with
+    /// publish options given as (field, value) pairs.
+    pub async fn publish(
+        &mut self,
+        node: &str,
+        id: &str,
+        payload: &str,
+        options: &[(&str, &str)],
+    ) -> Element {
+        let opts = if options.is_empty() {
+            String::new()
+        } else {
+            let fields: String = options
+                .iter()
+                .map(|(k, v)| format!("<field var='{k}'><value>{v}</value></field>"))
+                .collect();
+            format!(
+                "<publish-options><x xmlns='jabber:x:data' type='submit'>\
+                 <field var='FORM_TYPE' type='hidden'><value>{PUBSUB}#publish-options</value></field>\
+                 {fields}</x></publish-options>"
+            )
+        };
+        self.iq(
+            "set",
+            None,
+            &format!(
+                "<pubsub xmlns='{PUBSUB}'><publish node='{node}'><item id='{id}'>{payload}</item>\
+                 </publish>{opts}</pubsub>"
+            ),
+        )
+        .await
+    }
+
+    /// The items of `owner`'s PEP `node` (own account when `None`): the
+    /// IQ answer.
+    pub async fn pep_items(&mut self, owner: Option<&str>, node: &str) -> Element {
+        self.iq(
+            "get",
+            owner,
+            &format!("<pubsub xmlns='{PUBSUB}'><items node='{node}'/></pubsub>"),
+        )
+        .await
+    }
+}
+
+/// The ids of the items in a pubsub items result.
+pub fn item_ids(r: &Element) -> Vec<String> {
+    r.get_child("pubsub", PUBSUB)
+        .and_then(|p| p.get_child("items", PUBSUB))
+        .map(|i| {
+            i.children()
+                .filter(|c| c.is("item", PUBSUB))
+                .filter_map(|c| c.attr("id").map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A PEP notification about `node`, from `from`.
+pub fn pep_event<'a>(from: &'a str, node: &'a str) -> impl Fn(&Element) -> bool + 'a {
+    move |e| {
+        e.name() == "message"
+            && e.attr("from") == Some(from)
+            && e.get_child("event", PUBSUB_EVENT)
+                .and_then(|ev| ev.children().next())
+                .and_then(|c| c.attr("node"))
+                == Some(node)
+    }
+}
+
+/// The `<items/>` of a notification.
+pub fn event_items(e: &Element) -> &Element {
+    e.get_child("event", PUBSUB_EVENT)
+        .and_then(|ev| ev.get_child("items", PUBSUB_EVENT))
+        .expect("a notification with items")
+}

@@ -16,5 +16,6 @@ mod im;
 mod inbox;
 mod iq;
 mod muc;
+mod pep;
 mod persist;
 mod sm;

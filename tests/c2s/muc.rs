@@ -797,3 +797,232 @@ async fn self_ping_private_messages_and_nick_change() {
     say(&mut alice, &r, "after", "still fine").await;
     heard(&mut alice, "still fine").await;
 }
+
+const BOOKMARKS: &str = "urn:xmpp:bookmarks:1";
+
+/// The user's own bookmarks: (room JID, name, autojoin) per item.
+async fn bookmarks(c: &mut Client) -> Vec<(String, String, String)> {
+    let r = c.pep_items(None, BOOKMARKS).await;
+    if error_condition(&r).as_deref() == Some("item-not-found") {
+        return Vec::new();
+    }
+    assert_eq!(r.attr("type"), Some("result"), "{}", String::from(&r));
+    let mut v: Vec<(String, String, String)> = r
+        .get_child("pubsub", PUBSUB)
+        .and_then(|p| p.get_child("items", PUBSUB))
+        .map(|i| {
+            i.children()
+                .filter_map(|it| {
+                    let conf = it.get_child("conference", BOOKMARKS)?;
+                    Some((
+                        it.attr("id")?.to_string(),
+                        conf.attr("name").unwrap_or_default().to_string(),
+                        conf.attr("autojoin").unwrap_or_default().to_string(),
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// The legacy `storage:bookmarks` node's conference JIDs.
+async fn legacy_bookmarks(c: &mut Client) -> Vec<String> {
+    let r = c.pep_items(None, "storage:bookmarks").await;
+    let mut v: Vec<String> = r
+        .get_child("pubsub", PUBSUB)
+        .and_then(|p| p.get_child("items", PUBSUB))
+        .and_then(|i| i.children().next())
+        .and_then(|it| it.get_child("storage", "storage:bookmarks"))
+        .map(|s| {
+            s.children()
+                .filter_map(|c| c.attr("jid").map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn bookmark_pushed(e: &Element, room: &str) -> bool {
+    pep_event(e.attr("from").unwrap_or_default(), BOOKMARKS)(e)
+        && event_items(e)
+            .children()
+            .any(|i| i.is("item", PUBSUB_EVENT) && i.attr("id") == Some(room))
+}
+
+fn bookmark_retracted(e: &Element, room: &str) -> bool {
+    pep_event(e.attr("from").unwrap_or_default(), BOOKMARKS)(e)
+        && event_items(e)
+            .children()
+            .any(|i| i.is("retract", PUBSUB_EVENT) && i.attr("id") == Some(room))
+}
+
+#[tokio::test]
+async fn bookmarks_follow_membership_are_pushed_and_survive_a_restart() {
+    let mut s = TestServer::start().await;
+    for u in ["alice", "bob", "carol"] {
+        s.add_user(u, "pw").await;
+    }
+    let r = room("booked");
+    let mut alice = s.login("alice", "pw", "r").await;
+    alice.caps_presence("alice-bm", &[BOOKMARKS]).await;
+    let mut bob = s.login("bob", "pw", "r").await;
+    bob.caps_presence("bob-bm", &[BOOKMARKS]).await;
+
+    // Creating the room bookmarks it, with autojoin, and tells the client.
+    join(&mut alice, &r, "Alice").await;
+    let n = alice.expect_where(|e| bookmark_pushed(e, &r)).await;
+    let conf = event_items(&n)
+        .children()
+        .next()
+        .and_then(|i| i.get_child("conference", BOOKMARKS))
+        .unwrap();
+    assert_eq!(conf.attr("autojoin"), Some("true"));
+    assert_eq!(
+        conf.get_child("nick", BOOKMARKS)
+            .map(|n| n.text())
+            .as_deref(),
+        Some("Alice")
+    );
+    assert_eq!(
+        bookmarks(&mut alice).await,
+        vec![(r.clone(), String::new(), "true".into())]
+    );
+    // The node is private and keeps every room.
+    let form = alice
+        .iq(
+            "get",
+            None,
+            &format!(
+                "<pubsub xmlns='http://jabber.org/protocol/pubsub#owner'><configure node='{BOOKMARKS}'/></pubsub>"
+            ),
+        )
+        .await;
+    let form = String::from(&form);
+    assert!(form.contains("<value>whitelist</value>"), "{form}");
+    assert!(form.contains("<value>256</value>"), "{form}");
+    let peek = bob.pep_items(Some("alice@localhost"), BOOKMARKS).await;
+    assert_eq!(error_condition(&peek).as_deref(), Some("not-allowed"));
+
+    // Being added bookmarks it for bob; a rename renames both.
+    admin(
+        &mut alice,
+        &r,
+        "<item affiliation='member' jid='bob@localhost'/>",
+    )
+    .await;
+    bob.expect_where(|e| bookmark_pushed(e, &r)).await;
+    assert_eq!(bookmarks(&mut bob).await.len(), 1);
+    let res = rename(&mut bob, &r, "Planning").await;
+    assert_eq!(res.attr("type"), Some("result"), "{}", String::from(&res));
+    for c in [&mut alice, &mut bob] {
+        c.expect_where(|e| {
+            bookmark_pushed(e, &r)
+                && event_items(e)
+                    .children()
+                    .next()
+                    .and_then(|i| i.get_child("conference", BOOKMARKS))
+                    .and_then(|c| c.attr("name"))
+                    == Some("Planning")
+        })
+        .await;
+        assert_eq!(
+            bookmarks(c).await,
+            vec![(r.clone(), "Planning".into(), "true".into())]
+        );
+        // The XEP-0048 node says the same.
+        assert_eq!(legacy_bookmarks(c).await, vec![r.clone()]);
+    }
+
+    // A client's own bookmark (the XEP-0402 way) stays beside the server's.
+    let other = room("elsewhere");
+    let res = alice
+        .publish(
+            BOOKMARKS,
+            &other,
+            &format!("<conference xmlns='{BOOKMARKS}' autojoin='false' name='Elsewhere'/>"),
+            &[
+                ("pubsub#persist_items", "true"),
+                ("pubsub#max_items", "max"),
+                ("pubsub#send_last_published_item", "never"),
+                ("pubsub#access_model", "whitelist"),
+            ],
+        )
+        .await;
+    assert_eq!(res.attr("type"), Some("result"), "{}", String::from(&res));
+    assert_eq!(bookmarks(&mut alice).await.len(), 2);
+    assert_eq!(legacy_bookmarks(&mut alice).await, {
+        let mut v = vec![r.clone(), other.clone()];
+        v.sort();
+        v
+    });
+
+    // bob leaves: his bookmark is retracted and the client told; alice's
+    // stay.
+    let res = admin(
+        &mut bob,
+        &r,
+        "<item affiliation='none' jid='bob@localhost'/>",
+    )
+    .await;
+    assert_eq!(res.attr("type"), Some("result"), "{}", String::from(&res));
+    bob.expect_where(|e| bookmark_retracted(e, &r)).await;
+    assert!(bookmarks(&mut bob).await.is_empty());
+    assert!(legacy_bookmarks(&mut bob).await.is_empty());
+    // Removed by another member: the same.
+    admin(
+        &mut alice,
+        &r,
+        "<item affiliation='member' jid='carol@localhost'/>",
+    )
+    .await;
+    let mut carol = s.online("carol", "pw", "r").await;
+    assert_eq!(bookmarks(&mut carol).await.len(), 1);
+    admin(
+        &mut alice,
+        &r,
+        "<item affiliation='none' jid='carol@localhost'/>",
+    )
+    .await;
+    assert!(bookmarks(&mut carol).await.is_empty());
+    // An old client writing storage:bookmarks changes the native node too.
+    let res = carol
+        .publish(
+            "storage:bookmarks",
+            "current",
+            &format!(
+                "<storage xmlns='storage:bookmarks'><conference jid='{other}' autojoin='true' name='Old'/></storage>"
+            ),
+            &[],
+        )
+        .await;
+    assert_eq!(res.attr("type"), Some("result"), "{}", String::from(&res));
+    assert_eq!(
+        bookmarks(&mut carol).await,
+        vec![(other.clone(), "Old".into(), "true".into())]
+    );
+
+    // A restart keeps them.
+    drop((alice, bob, carol));
+    s.restart().await;
+    let mut alice = s.online("alice", "pw", "r").await;
+    let mut bm = bookmarks(&mut alice).await;
+    bm.retain(|(j, _, _)| *j == r);
+    assert_eq!(bm, vec![(r.clone(), "Planning".into(), "true".into())]);
+    // The last member leaving destroys the room and its bookmark.
+    let res = admin(
+        &mut alice,
+        &r,
+        "<item affiliation='none' jid='alice@localhost'/>",
+    )
+    .await;
+    assert_eq!(res.attr("type"), Some("result"), "{}", String::from(&res));
+    let left: Vec<String> = bookmarks(&mut alice)
+        .await
+        .into_iter()
+        .map(|b| b.0)
+        .collect();
+    assert_eq!(left, vec![other]);
+}
