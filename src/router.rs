@@ -300,6 +300,9 @@ async fn to_local_user(ctx: &Arc<Ctx>, mut el: Element, kind: Kind, to: Jid) {
                     // answered.
                     let el = *und.0;
                     match kind {
+                        // A headline is for that session only (PEP
+                        // notifications go to the resources that asked).
+                        Kind::Message if typ == "headline" => {}
                         Kind::Message => message_to_bare(ctx, el, &bare).await,
                         Kind::Iq if matches!(typ.as_str(), "get" | "set") => {
                             bounce(ctx, &el, Cond::ServiceUnavailable, None).await
@@ -314,7 +317,7 @@ async fn to_local_user(ctx: &Arc<Ctx>, mut el: Element, kind: Kind, to: Jid) {
         match kind {
             Kind::Message => match typ.as_str() {
                 "groupchat" => bounce(ctx, &el, Cond::ServiceUnavailable, None).await,
-                "error" => {}
+                "error" | "headline" => {}
                 _ => message_to_bare(ctx, el, &bare).await,
             },
             Kind::Iq => {

@@ -13,12 +13,14 @@
 //! ejabberd; the `mam` scenario (archive queries on a large archive) and
 //! the `inbox` scenario (inbox queries at 1,000 conversations) run for
 //! Confab only. Results are printed as one table and
-//! written as JSON to bench/results/.
+//! written as JSON to bench/results/. `CONFAB_BENCH_KEEP=1` keeps the
+//! work directory (data, logs) instead of removing it.
 
 mod client;
 mod inbox;
 mod mam;
 mod room;
+mod rooms;
 mod scenarios;
 mod targets;
 
@@ -54,6 +56,8 @@ enum Scenario {
     Inbox,
     /// One full room: every member sends, every message to every member.
     Room,
+    /// Many rooms: memory per idle room, per membership, per occupant.
+    Rooms,
     All,
 }
 
@@ -120,6 +124,15 @@ struct Args {
         default_value = "30,100,300,1000,2000,3000,5000,7500,10000,15000,20000,30000"
     )]
     room_rates: Vec<u64>,
+    /// Rooms made in the rooms scenario.
+    #[arg(long, default_value_t = 1000)]
+    rooms: usize,
+    /// Accounts the rooms scenario's memberships are spread over.
+    #[arg(long, default_value_t = 300)]
+    rooms_users: usize,
+    /// Rooms whose members all join in the rooms scenario.
+    #[arg(long, default_value_t = 50)]
+    rooms_active: usize,
     /// Queries of each kind in the inbox scenario.
     #[arg(long, default_value_t = 1000)]
     inbox_queries: usize,
@@ -141,6 +154,7 @@ struct TargetResult {
     mam: Option<MamResult>,
     inbox: Option<inbox::InboxResult>,
     room: Option<room::RoomResult>,
+    rooms: Option<rooms::RoomsResult>,
     error: Option<String>,
 }
 
@@ -199,6 +213,7 @@ async fn run_target(kind: Kind, args: &Args, work: &std::path::Path) -> TargetRe
         mam: None,
         inbox: None,
         room: None,
+        rooms: None,
         error: None,
     };
     let t = Target {
@@ -355,6 +370,54 @@ async fn run_target(kind: Kind, args: &Args, work: &std::path::Path) -> TargetRe
             }
         }
     }
+    if matches!(args.scenario, Scenario::Rooms | Scenario::All) && !variant {
+        match start(
+            kind,
+            &work.join("rooms"),
+            args.rooms_users,
+            &t,
+            args.concurrency,
+        )
+        .await
+        {
+            Ok(mut server) => {
+                eprintln!(
+                    "   rooms: {} rooms of {} members over {} users, {} active",
+                    args.rooms, args.room_members, args.rooms_users, args.rooms_active
+                );
+                let plan = rooms::Plan {
+                    muc_domain: kind.muc_domain(),
+                    rooms: args.rooms,
+                    members: args.room_members,
+                    users: args.rooms_users,
+                    active: args.rooms_active,
+                    mech,
+                    concurrency: args.concurrency,
+                };
+                let dir = server.storage_dir();
+                let mut r = rooms::rooms(&mut server, &t, plan).await;
+                server.stop();
+                r.disk_bytes_per_room = targets::disk_bytes(&dir) as f64 / args.rooms.max(1) as f64;
+                match &r.error {
+                    Some(e) => eprintln!("   rooms: {e}"),
+                    None => eprintln!(
+                        "   rooms: {:.1} KiB per idle room ({:.0} bytes per membership; {:.1} KiB after a restart), {:.1} KiB per occupant of an active room ({} occupants), {:.0} bytes on disk per room",
+                        r.rss_per_idle_room_kib,
+                        r.rss_per_idle_membership_bytes,
+                        r.rss_per_idle_room_after_restart_kib,
+                        r.rss_per_occupant_kib,
+                        r.occupants,
+                        r.disk_bytes_per_room
+                    ),
+                }
+                res.rooms = Some(r);
+            }
+            Err(e) => {
+                eprintln!("   {e}");
+                res.error = Some(e);
+            }
+        }
+    }
     if matches!(args.scenario, Scenario::Inbox | Scenario::All) && kind == Kind::Confab {
         let users = args.inbox_conversations + 1;
         match start(kind, &work.join("inbox"), users, &t, args.concurrency).await {
@@ -474,6 +537,50 @@ fn print_table(results: &[TargetResult]) {
             Box::new(|r| r.chat.as_ref().map(|c| c.max_sustainable_per_sec as f64)),
             0,
             Some(true),
+        ),
+        (
+            "RSS KiB per idle room",
+            Box::new(|r| {
+                r.rooms
+                    .as_ref()
+                    .filter(|x| x.error.is_none())
+                    .map(|x| x.rss_per_idle_room_kib)
+            }),
+            1,
+            Some(false),
+        ),
+        (
+            "RSS KiB per idle room, restarted",
+            Box::new(|r| {
+                r.rooms
+                    .as_ref()
+                    .filter(|x| x.error.is_none())
+                    .map(|x| x.rss_per_idle_room_after_restart_kib)
+            }),
+            1,
+            Some(false),
+        ),
+        (
+            "RSS bytes per idle membership",
+            Box::new(|r| {
+                r.rooms
+                    .as_ref()
+                    .filter(|x| x.error.is_none())
+                    .map(|x| x.rss_per_idle_membership_bytes)
+            }),
+            0,
+            Some(false),
+        ),
+        (
+            "RSS KiB per room occupant",
+            Box::new(|r| {
+                r.rooms
+                    .as_ref()
+                    .filter(|x| x.error.is_none())
+                    .map(|x| x.rss_per_occupant_kib)
+            }),
+            1,
+            Some(false),
         ),
         (
             "storage bytes on disk per msg",
@@ -690,5 +797,7 @@ async fn main() {
         Ok(()) => println!("\nwritten to {}", path.display()),
         Err(e) => eprintln!("cannot write {}: {e}", path.display()),
     }
-    let _ = std::fs::remove_dir_all(&work);
+    if std::env::var("CONFAB_BENCH_KEEP").is_err() {
+        let _ = std::fs::remove_dir_all(&work);
+    }
 }

@@ -33,20 +33,31 @@ const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Join `room` as `nick`, without history; wait for the subject, which
 /// ends a join (XEP-0045 §7.2.15).
-async fn join(s: &mut Session, room: &str, nick: &str) -> Result<(), String> {
+pub async fn join(s: &mut Session, room: &str, nick: &str) -> Result<(), String> {
     s.write(&format!(
         "<presence to='{room}/{nick}'><x xmlns='http://jabber.org/protocol/muc'><history maxstanzas='0'/></x></presence>"
     ))
     .await?;
-    tokio::time::timeout(
+    // The subject ends a join; an error presence from the room refuses it.
+    let got = tokio::time::timeout(
         JOIN_TIMEOUT,
         s.read_until("room join", |b| {
-            let at = find(b, b"<subject")?;
-            find(&b[at..], b"</message>").map(|e| at + e + 10)
+            if let Some(at) = find(b, b"<subject") {
+                return find(&b[at..], b"</message>").map(|e| at + e + 10);
+            }
+            let at = find(b, b"type='error'").or_else(|| find(b, b"type=\"error\""))?;
+            find(&b[at..], b"</presence>").map(|e| at + e + 11)
         }),
     )
     .await
     .map_err(|_| format!("{nick}: no subject within {JOIN_TIMEOUT:?} of joining {room}"))??;
+    if find(&got, b"<subject").is_none() {
+        let tail = &got[got.len().saturating_sub(600)..];
+        return Err(format!(
+            "{nick}: joining {room} refused: {}",
+            String::from_utf8_lossy(tail)
+        ));
+    }
     Ok(())
 }
 

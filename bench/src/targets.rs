@@ -284,6 +284,56 @@ fn confab_binary() -> Result<PathBuf, String> {
     Ok(bin)
 }
 
+/// Run Confab with the configuration `cfg` (its log in `work`), once its
+/// port is open.
+async fn spawn_confab(
+    kind: Kind,
+    work: PathBuf,
+    bin: PathBuf,
+    cfg: &Path,
+) -> Result<Running, String> {
+    let log = std::fs::File::create(work.join("confab.log")).map_err(|e| e.to_string())?;
+    // CONFAB_BENCH_WRAP runs the server under a profiler, e.g.
+    // "heaptrack" (the figures are then the wrapper's).
+    let mut cmd = match std::env::var("CONFAB_BENCH_WRAP") {
+        Ok(w) if !w.is_empty() => {
+            let mut c = Command::new(w);
+            c.arg(bin);
+            c
+        }
+        _ => Command::new(bin),
+    };
+    let child = cmd
+        .arg("--config")
+        .arg(cfg)
+        .arg("serve")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("confab: {e}"))?;
+    let mut r = Running {
+        kind,
+        pid: child.id(),
+        child: Some(child),
+        work,
+    };
+    let t0 = Instant::now();
+    while !port_open(kind.addr()) {
+        if let Some(c) = r.child.as_mut() {
+            if let Ok(Some(st)) = c.try_wait() {
+                return Err(format!("confab exited: {st}"));
+            }
+        }
+        if t0.elapsed() > Duration::from_secs(30) {
+            r.stop();
+            return Err("confab did not open its port".into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(r)
+}
+
 impl Running {
     /// Start `kind` with `users` accounts (for ejabberd the accounts are
     /// registered in-band afterwards, see `needs_registration`).
@@ -332,47 +382,7 @@ impl Running {
                     ),
                 )
                 .map_err(|e| e.to_string())?;
-                let log =
-                    std::fs::File::create(work.join("confab.log")).map_err(|e| e.to_string())?;
-                // CONFAB_BENCH_WRAP runs the server under a profiler, e.g.
-                // "heaptrack" (the figures are then the wrapper's).
-                let mut cmd = match std::env::var("CONFAB_BENCH_WRAP") {
-                    Ok(w) if !w.is_empty() => {
-                        let mut c = Command::new(w);
-                        c.arg(bin);
-                        c
-                    }
-                    _ => Command::new(bin),
-                };
-                let child = cmd
-                    .arg("--config")
-                    .arg(&cfg)
-                    .arg("serve")
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(log)
-                    .spawn()
-                    .map_err(|e| format!("confab: {e}"))?;
-                let mut r = Running {
-                    kind,
-                    pid: child.id(),
-                    child: Some(child),
-                    work,
-                };
-                let t0 = Instant::now();
-                while !port_open(kind.addr()) {
-                    if let Some(c) = r.child.as_mut() {
-                        if let Ok(Some(st)) = c.try_wait() {
-                            return Err(format!("confab exited: {st}"));
-                        }
-                    }
-                    if t0.elapsed() > Duration::from_secs(30) {
-                        r.stop();
-                        return Err("confab did not open its port".into());
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                Ok(r)
+                spawn_confab(kind, work, bin, &cfg).await
             }
             Kind::Prosody => {
                 prosody_accounts(&work, users)?;
@@ -394,6 +404,25 @@ impl Running {
                 })
             }
         }
+    }
+
+    /// Stop the server and start it again on the same data (what a
+    /// restart leaves in memory).
+    pub async fn restart(&mut self) -> Result<(), String> {
+        self.stop();
+        let kind = self.kind;
+        let work = self.work.clone();
+        match kind {
+            Kind::Confab | Kind::ConfabNomam | Kind::ConfabNoinbox => {
+                let cfg = work.join("confab.toml");
+                *self = spawn_confab(kind, work, confab_binary()?, &cfg).await?;
+            }
+            Kind::Prosody | Kind::Ejabberd => {
+                let out = run_script(&work, kind, &["start"])?;
+                self.pid = pid_from_json(&out)?;
+            }
+        }
+        Ok(())
     }
 
     /// Where the server keeps what it stores (the archive among the

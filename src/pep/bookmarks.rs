@@ -1,8 +1,10 @@
 //! Bookmarks in PEP: XEP-0402's `urn:xmpp:bookmarks:1` (one item per
-//! room, id = the room's JID) and XEP-0048's `storage:bookmarks` (one
-//! item `current` holding every conference), kept in step: a change to
-//! either node is written into the other (`urn:xmpp:bookmarks:1#compat-pep`),
-//! so old and new clients see the same rooms.
+//! room, id = the room's JID) is where they are kept; XEP-0048's
+//! `storage:bookmarks` (one item `current` holding every conference) is a
+//! view of it, never stored (`urn:xmpp:bookmarks:1#compat-pep`): reading
+//! it gives the native bookmarks, publishing it changes them, and a change
+//! of the native node is notified on both nodes. So old and new clients
+//! see the same rooms, and nothing is written twice.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -10,10 +12,15 @@ use std::sync::Arc;
 use minidom::Element;
 use xmpp_parsers::jid::BareJid;
 
-use super::{config, Pep, MAX_ITEMS};
+use xmpp_parsers::pubsub::pubsub::PubSub;
+use xmpp_parsers::stanza_error::{DefinedCondition as Cond, StanzaError};
+
+use super::{config, Change, Pep, MAX_ITEMS};
+use crate::modules::{store_failed, IqRequest, IqResult, IqType};
 use crate::server::Ctx;
-use crate::stanza::element;
-use crate::store::{AccessModel, PepNodeConfig, SendLast};
+use crate::stanza::{element, simple_error};
+use crate::store::{AccessModel, PepItem, PepNodeConfig, SendLast};
+use crate::xml::writer;
 
 pub const BOOKMARKS: &str = "urn:xmpp:bookmarks:1";
 pub const LEGACY_BOOKMARKS: &str = "storage:bookmarks";
@@ -185,16 +192,35 @@ pub async fn room_membership(
     .await
 }
 
-/// `node` of `owner` changed: write the change into the other bookmarks
-/// node, with its notifications.
+/// The native node of `owner` changed: resources that follow the legacy
+/// node hear of it there too (the owner's only: bookmarks are private).
 pub(super) async fn after_change(pep: &Pep, ctx: &Arc<Ctx>, owner: &BareJid, node: &str) {
-    let r = match node {
-        BOOKMARKS => native_to_legacy(pep, ctx, owner).await,
-        LEGACY_BOOKMARKS => legacy_to_native(pep, ctx, owner).await,
-        _ => Ok(()),
+    if node != BOOKMARKS {
+        return;
+    }
+    let targets = pep.wanting(ctx, owner, LEGACY_BOOKMARKS);
+    if targets.is_empty() {
+        return;
+    }
+    let storage = match legacy_view(ctx, owner).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, user = %owner, "bookmarks not read");
+            return;
+        }
     };
-    if let Err(e) = r {
-        tracing::error!(error = %e, user = %owner, "bookmarks not kept in step");
+    let item = PepItem {
+        id: LEGACY_ITEM.into(),
+        xml: writer::to_string(&storage),
+        publisher: owner.to_string(),
+        published: 0,
+    };
+    let ev = super::event(
+        LEGACY_BOOKMARKS,
+        &Change::Published(std::slice::from_ref(&item)),
+    );
+    for full in targets {
+        super::send_event(ctx, owner, &full, ev.clone(), None).await;
     }
 }
 
@@ -214,75 +240,42 @@ async fn native_conferences(
     Ok(out)
 }
 
-/// Store `payload` as item `id` of `node` without running `after_change`
-/// again (the mirror of a change must not mirror back), and notify.
-async fn write(
-    pep: &Pep,
-    ctx: &Arc<Ctx>,
-    owner: &BareJid,
-    node: &str,
-    id: &str,
-    payload: &Element,
-) -> crate::store::StoreResult<()> {
-    pep.put_server(ctx, owner, node, &default_for(node), id, payload)
-        .await
-}
-
-async fn native_to_legacy(
-    pep: &Pep,
-    ctx: &Arc<Ctx>,
-    owner: &BareJid,
-) -> crate::store::StoreResult<()> {
+/// The legacy node's one item: every native bookmark.
+async fn legacy_view(ctx: &Ctx, owner: &BareJid) -> crate::store::StoreResult<Element> {
     let now: BTreeMap<String, Conference> = native_conferences(ctx, owner)
         .await?
         .into_iter()
         .map(|(j, (c, _))| (j, c))
         .collect();
-    let current = ctx
-        .stores
-        .pep
-        .items_by_id(owner, LEGACY_BOOKMARKS, &[LEGACY_ITEM.to_string()])
-        .await?
-        .into_iter()
-        .next()
-        .and_then(|i| crate::xml::parse(&i.xml).ok());
-    if current.as_ref().map(from_legacy) == Some(now.clone()) {
-        return Ok(());
-    }
-    if current.is_none() && now.is_empty() {
-        return Ok(());
-    }
-    // Other things an old client kept there (URLs) stay.
-    let mut storage = legacy(&now);
-    if let Some(cur) = &current {
-        for u in cur.children().filter(|c| c.is("url", LEGACY_BOOKMARKS)) {
-            storage.append_child(u.clone());
-        }
-    }
-    write(pep, ctx, owner, LEGACY_BOOKMARKS, LEGACY_ITEM, &storage).await
+    Ok(legacy(&now))
 }
 
+/// Make the native node say what a published `<storage/>` says.
 async fn legacy_to_native(
     pep: &Pep,
     ctx: &Arc<Ctx>,
     owner: &BareJid,
-) -> crate::store::StoreResult<()> {
-    let want = ctx
-        .stores
-        .pep
-        .items(owner, LEGACY_BOOKMARKS, Some(1))
-        .await?
-        .into_iter()
-        .next()
-        .and_then(|i| crate::xml::parse(&i.xml).ok())
-        .map(|s| from_legacy(&s))
-        .unwrap_or_default();
-    let have = native_conferences(ctx, owner).await?;
-    for (jid, c) in &want {
+    want: &BTreeMap<String, Conference>,
+) -> Result<(), StanzaError> {
+    let have = native_conferences(ctx, owner)
+        .await
+        .map_err(|e| store_failed("PEP read", e))?;
+    let mut changed = false;
+    for (jid, c) in want {
         let old = have.get(jid);
         if old.map(|(o, _)| o) != Some(c) {
             let payload = native(c, old.map(|(_, e)| e));
-            write(pep, ctx, owner, BOOKMARKS, jid, &payload).await?;
+            pep.put_server(
+                ctx,
+                owner,
+                BOOKMARKS,
+                &default_for(BOOKMARKS),
+                jid,
+                &payload,
+            )
+            .await
+            .map_err(|e| store_failed("PEP write", e))?;
+            changed = true;
         }
     }
     let gone: Vec<String> = have
@@ -292,10 +285,110 @@ async fn legacy_to_native(
         .collect();
     if !gone.is_empty() {
         pep.retract_items(ctx, owner, BOOKMARKS, &gone, true)
-            .await
-            .map_err(|_| crate::store::StoreError("bookmark retract failed".into()))?;
+            .await?;
+        changed = true;
+    }
+    if changed {
+        after_change(pep, ctx, owner, BOOKMARKS).await;
     }
     Ok(())
+}
+
+/// Remove every bookmark (the legacy node deleted, purged or retracted).
+pub(super) async fn clear(pep: &Pep, ctx: &Arc<Ctx>, owner: &BareJid) -> Result<(), StanzaError> {
+    legacy_to_native(pep, ctx, owner, &BTreeMap::new()).await
+}
+
+/// The legacy node's configuration, as it is shown and checked.
+pub(super) fn legacy_config() -> PepNodeConfig {
+    default_for(LEGACY_BOOKMARKS)
+}
+
+/// A pubsub request on the legacy node, answered from the native one
+/// (`None`: the request is about another node).
+pub(super) async fn legacy_request(
+    pep: &Pep,
+    ctx: &Arc<Ctx>,
+    owner: &BareJid,
+    req: &IqRequest,
+    ps: &PubSub,
+) -> Option<IqResult> {
+    let node = match ps {
+        PubSub::Publish { publish, .. } => &publish.node.0,
+        PubSub::Items(i) => &i.node.0,
+        PubSub::Retract(r) => &r.node.0,
+        PubSub::Create { create, .. } => create.node.as_ref().map(|n| &n.0)?,
+        _ => return None,
+    };
+    if node != LEGACY_BOOKMARKS {
+        return None;
+    }
+    Some(legacy_answer(pep, ctx, owner, req, ps).await)
+}
+
+async fn legacy_answer(
+    pep: &Pep,
+    ctx: &Arc<Ctx>,
+    owner: &BareJid,
+    req: &IqRequest,
+    ps: &PubSub,
+) -> IqResult {
+    super::may_read(ctx, owner, &req.from.to_bare(), &legacy_config()).await?;
+    match ps {
+        PubSub::Items(_) => {
+            super::need(req, IqType::Get)?;
+            let storage = legacy_view(ctx, owner)
+                .await
+                .map_err(|e| store_failed("PEP read", e))?;
+            let mut item = element("item", super::NS_PUBSUB, &[("id", LEGACY_ITEM)]);
+            item.append_child(storage);
+            let mut items = element("items", super::NS_PUBSUB, &[("node", LEGACY_BOOKMARKS)]);
+            items.append_child(item);
+            let mut p = Element::bare("pubsub", super::NS_PUBSUB);
+            p.append_child(items);
+            Ok(Some(p))
+        }
+        PubSub::Publish {
+            publish,
+            publish_options,
+        } => {
+            super::need(req, IqType::Set)?;
+            super::owner_only(req)?;
+            let form = publish_options
+                .clone()
+                .and_then(|o| o.form)
+                .map(Element::from);
+            config::PublishOptions::parse(form.as_ref())?.check(&legacy_config())?;
+            let storage = publish
+                .items
+                .first()
+                .and_then(|i| i.payload.as_ref())
+                .filter(|p| p.is("storage", LEGACY_BOOKMARKS) && publish.items.len() == 1)
+                .ok_or_else(|| {
+                    super::pubsub_error(
+                        Cond::BadRequest,
+                        "invalid-payload",
+                        None,
+                        Some("storage:bookmarks holds one <storage xmlns='storage:bookmarks'/>"),
+                    )
+                })?;
+            legacy_to_native(pep, ctx, owner, &from_legacy(storage)).await?;
+            let mut p = Element::bare("pubsub", super::NS_PUBSUB);
+            let mut pu = element("publish", super::NS_PUBSUB, &[("node", LEGACY_BOOKMARKS)]);
+            pu.append_child(element("item", super::NS_PUBSUB, &[("id", LEGACY_ITEM)]));
+            p.append_child(pu);
+            Ok(Some(p))
+        }
+        PubSub::Retract(_) => {
+            // The one item is every bookmark: retracting it removes them.
+            super::need(req, IqType::Set)?;
+            super::owner_only(req)?;
+            clear(pep, ctx, owner).await?;
+            Ok(None)
+        }
+        // The node always exists.
+        _ => Err(simple_error(Cond::Conflict, Some("the node exists"))),
+    }
 }
 
 #[cfg(test)]

@@ -524,6 +524,9 @@ impl Pep {
     async fn pubsub(&self, ctx: &Arc<Ctx>, owner: &BareJid, req: &IqRequest) -> IqResult {
         let ps = PubSub::try_from(req.payload.clone())
             .map_err(|e| bad_request(&format!("unreadable pubsub request: {e}")))?;
+        if let Some(r) = bookmarks::legacy_request(self, ctx, owner, req, &ps).await {
+            return r;
+        }
         match ps {
             PubSub::Publish {
                 publish,
@@ -737,6 +740,9 @@ impl Pep {
         let o = Owner::try_from(req.payload.clone())
             .map_err(|e| bad_request(&format!("unreadable pubsub#owner request: {e}")))?;
         let read = |node: String| async move {
+            if node == LEGACY_BOOKMARKS {
+                return Ok(bookmarks::legacy_config());
+            }
             ctx.stores
                 .pep
                 .node(owner, &node)
@@ -744,6 +750,19 @@ impl Pep {
                 .map_err(|e| store_failed("PEP read", e))?
                 .ok_or_else(no_node)
         };
+        // storage:bookmarks is a view of the native bookmarks: deleting
+        // or purging it removes them; its configuration is fixed.
+        let legacy = match &o.payload {
+            OwnerPayload::Delete { node, .. } | OwnerPayload::Purge { node } => {
+                node.0 == LEGACY_BOOKMARKS
+            }
+            _ => false,
+        };
+        if legacy {
+            need(req, IqType::Set)?;
+            bookmarks::clear(self, ctx, owner).await?;
+            return Ok(None);
+        }
         let wrap = |inner: Element| {
             let mut p = Element::bare("pubsub", NS_OWNER);
             p.append_child(inner);
@@ -767,6 +786,12 @@ impl Pep {
                             return Err(bad_request("a configuration needs a form"));
                         };
                         let new = config::apply_config(&c, &Element::from(form))?;
+                        if new != c && node == LEGACY_BOOKMARKS {
+                            return Err(simple_error(
+                                Cond::NotAcceptable,
+                                Some("storage:bookmarks shows urn:xmpp:bookmarks:1: its configuration is fixed"),
+                            ));
+                        }
                         if new != c {
                             ctx.stores
                                 .pep

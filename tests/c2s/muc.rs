@@ -972,13 +972,28 @@ async fn bookmarks_follow_membership_are_pushed_and_survive_a_restart() {
     assert!(bookmarks(&mut bob).await.is_empty());
     assert!(legacy_bookmarks(&mut bob).await.is_empty());
     // Removed by another member: the same.
+    // carol's client follows the XEP-0048 node only: it hears of the
+    // bookmark there.
+    let mut carol = s.login("carol", "pw", "r").await;
+    carol
+        .caps_presence("carol-bm", &["storage:bookmarks"])
+        .await;
     admin(
         &mut alice,
         &r,
         "<item affiliation='member' jid='carol@localhost'/>",
     )
     .await;
-    let mut carol = s.online("carol", "pw", "r").await;
+    let n = carol
+        .expect_where(pep_event("carol@localhost", "storage:bookmarks"))
+        .await;
+    let conf = event_items(&n)
+        .children()
+        .next()
+        .and_then(|i| i.get_child("storage", "storage:bookmarks"))
+        .and_then(|st| st.children().next())
+        .and_then(|c| c.attr("jid").map(String::from));
+    assert_eq!(conf.as_deref(), Some(r.as_str()), "{}", String::from(&n));
     assert_eq!(bookmarks(&mut carol).await.len(), 1);
     admin(
         &mut alice,
