@@ -169,14 +169,18 @@ fn need(req: &IqRequest, typ: IqType) -> Result<(), StanzaError> {
     }
 }
 
+fn nodeid_required() -> StanzaError {
+    pubsub_error(
+        Cond::NotAcceptable,
+        "nodeid-required",
+        None,
+        Some("PEP nodes have names"),
+    )
+}
+
 fn node_name(n: &str) -> Result<&str, StanzaError> {
     if n.is_empty() {
-        return Err(pubsub_error(
-            Cond::NotAcceptable,
-            "nodeid-required",
-            None,
-            Some("PEP nodes have names"),
-        ));
+        return Err(nodeid_required());
     }
     if n.len() > MAX_NAME {
         return Err(bad_request(&format!(
@@ -657,14 +661,7 @@ impl Pep {
                 owner_only(req)?;
                 let node = match &create.node {
                     Some(n) => node_name(&n.0)?.to_string(),
-                    None => {
-                        return Err(pubsub_error(
-                            Cond::NotAcceptable,
-                            "nodeid-required",
-                            None,
-                            Some("PEP nodes have names"),
-                        ))
-                    }
+                    None => return Err(nodeid_required()),
                 };
                 let mut c = bookmarks::default_for(&node);
                 if let Some(form) = configure.and_then(|c| c.form) {
@@ -772,7 +769,7 @@ impl Pep {
             OwnerPayload::Configure { node, form } => {
                 let node = match &node {
                     Some(n) => node_name(&n.0)?.to_string(),
-                    None => return Err(node_name("").err().unwrap_or_else(no_node)),
+                    None => return Err(nodeid_required()),
                 };
                 let c = read(node.clone()).await?;
                 match req.typ {

@@ -48,6 +48,8 @@ pub struct SledStore {
     pub(super) usage: sled::Tree,
     /// Personal eventing (see `sled_pep.rs`).
     pub(super) pep: sled::Tree,
+    /// Each account's PEP writes, one at a time (striped by account).
+    pub(super) pep_locks: Vec<Mutex<()>>,
     /// Rooms (see `sled_rooms.rs`).
     pub(super) rooms: sled::Tree,
     /// Journal entries: user + NUL + conversation → `JournalEntry`.
@@ -196,6 +198,7 @@ impl SledStore {
             journal_cache,
             archive,
             db,
+            pep_locks: (0..64).map(|_| Mutex::new(())).collect(),
             flusher: Mutex::new(Some(tx)),
             flusher_thread: Mutex::new(Some(thread)),
         })

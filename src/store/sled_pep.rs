@@ -1,13 +1,17 @@
 //! PEP nodes in sled: the tree `pep`, two kinds of key per node (node
 //! names and JIDs never contain NUL):
 //! - user \0 node \0 `m` → the node's [`Meta`], JSON: its configuration,
-//!   its item ids oldest first, and the bytes its items take;
-//! - user \0 node \0 `i` item-id → the [`PepItem`], JSON.
+//!   how many items it has, the bytes they take, the next sequence number;
+//! - user \0 node \0 `i` item-id → the [`Stored`] item, JSON, with its
+//!   sequence number (the node's order: the oldest go first).
 //!
-//! The account's total is the usage record `user \0 pep` (count of items,
-//! bytes), changed in the same transaction as the items, so concurrent
-//! publishers cannot overshoot the quota. Account deletion removes the
-//! user's prefix from both trees.
+//! The meta record stays small whatever the node holds, so a publish
+//! writes two small values. The account's total is the usage record
+//! `user \0 pep` (count of items, bytes), changed in the same transaction
+//! as the items. One account's writes take turns (a striped lock, held
+//! only while sled is written, never across an await), so a trim's
+//! choice of the oldest items stays true until it is applied. Account
+//! deletion removes the user's prefix from both trees.
 
 use serde::{Deserialize, Serialize};
 use sled::transaction::{
@@ -24,12 +28,21 @@ const USAGE_CLASS: &str = "pep";
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Meta {
     config: PepNodeConfig,
-    /// Item ids, oldest first.
+    /// Items the node has.
     #[serde(default)]
-    order: Vec<String>,
-    /// Bytes the node's items take.
+    count: u64,
+    /// Bytes its items take.
     #[serde(default)]
     bytes: u64,
+    /// The sequence number of the next item published.
+    #[serde(default)]
+    next: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Stored {
+    seq: u64,
+    item: PepItem,
 }
 
 fn node_prefix(user: &str, node: &str) -> Vec<u8> {
@@ -44,9 +57,14 @@ fn meta_key(user: &str, node: &str) -> Vec<u8> {
     k
 }
 
-fn item_key(user: &str, node: &str, id: &str) -> Vec<u8> {
+fn items_prefix(user: &str, node: &str) -> Vec<u8> {
     let mut k = node_prefix(user, node);
     k.push(b'i');
+    k
+}
+
+fn item_key(user: &str, node: &str, id: &str) -> Vec<u8> {
+    let mut k = items_prefix(user, node);
     k.extend_from_slice(id.as_bytes());
     k
 }
@@ -104,28 +122,24 @@ fn item_len(item: &PepItem) -> u64 {
     (item.id.len() + item.xml.len() + item.publisher.len()) as u64
 }
 
-/// Drop the oldest items of `meta` beyond `max`: their ids, and the
-/// bytes they took.
-fn trim(
+/// Remove the items `ids` of a node inside a transaction: how many were
+/// there, and the bytes they took.
+fn tx_remove(
     pep: &TransactionalTree,
     user: &str,
     node: &str,
-    meta: &mut Meta,
-    max: usize,
-) -> TxResult<(Vec<String>, u64)> {
-    let mut dropped = Vec::new();
-    let mut freed = 0;
-    while meta.order.len() > max {
-        let id = meta.order.remove(0);
-        let k = item_key(user, node, &id);
-        if let Some(old) = tx_get::<PepItem>(pep, &k, "PEP item")? {
-            freed += item_len(&old);
+    ids: &[String],
+) -> TxResult<(u64, u64)> {
+    let (mut n, mut freed) = (0, 0);
+    for id in ids {
+        let k = item_key(user, node, id);
+        if let Some(old) = tx_get::<Stored>(pep, &k, "PEP item")? {
+            n += 1;
+            freed += item_len(&old.item);
+            pep.remove(k)?;
         }
-        pep.remove(k)?;
-        dropped.push(id);
     }
-    meta.bytes = meta.bytes.saturating_sub(freed);
-    Ok((dropped, freed))
+    Ok((n, freed))
 }
 
 fn finish<T>(r: Result<T, TransactionError<Stop>>) -> StoreResult<Result<T, Stop>> {
@@ -138,6 +152,14 @@ fn finish<T>(r: Result<T, TransactionError<Stop>>) -> StoreResult<Result<T, Stop
 }
 
 impl SledStore {
+    fn pep_lock(&self, user: &str) -> std::sync::MutexGuard<'_, ()> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        user.hash(&mut h);
+        let m = &self.pep_locks[(h.finish() as usize) % self.pep_locks.len()];
+        m.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn read_meta(&self, user: &str, node: &str) -> StoreResult<Option<Meta>> {
         match self.pep.get(meta_key(user, node)).map_err(e)? {
             None => Ok(None),
@@ -148,8 +170,42 @@ impl SledStore {
     fn read_item(&self, user: &str, node: &str, id: &str) -> StoreResult<Option<PepItem>> {
         match self.pep.get(item_key(user, node, id)).map_err(e)? {
             None => Ok(None),
-            Some(v) => decode(&v, "PEP item").map(Some),
+            Some(v) => decode::<Stored>(&v, "PEP item").map(|s| Some(s.item)),
         }
+    }
+
+    /// A node's items, oldest first.
+    fn scan_items(&self, user: &str, node: &str) -> StoreResult<Vec<Stored>> {
+        let mut out = Vec::new();
+        for v in self.pep.scan_prefix(items_prefix(user, node)).values() {
+            out.push(decode::<Stored>(&v.map_err(e)?, "PEP item")?);
+        }
+        out.sort_by_key(|s| s.seq);
+        Ok(out)
+    }
+
+    /// The ids of the oldest items to drop so that the node keeps `max`
+    /// once `adding` (an id it does not have yet, if any) is in.
+    fn oldest_beyond(
+        &self,
+        user: &str,
+        node: &str,
+        count: u64,
+        max: u64,
+        adding: Option<&str>,
+    ) -> StoreResult<Vec<String>> {
+        let after = count + u64::from(adding.is_some());
+        if after <= max {
+            return Ok(Vec::new());
+        }
+        let excess = (after - max) as usize;
+        Ok(self
+            .scan_items(user, node)?
+            .into_iter()
+            .map(|s| s.item.id)
+            .filter(|id| Some(id.as_str()) != adding)
+            .take(excess)
+            .collect())
     }
 }
 
@@ -169,14 +225,16 @@ impl PepStore for SledStore {
         Box::pin(async move {
             let prefix = user_prefix(user.as_str());
             let mut out = Vec::new();
-            for kv in self.pep.scan_prefix(&prefix) {
-                let (k, v) = kv.map_err(e)?;
+            for k in self.pep.scan_prefix(&prefix).keys() {
+                let k = k.map_err(e)?;
                 let rest = k.get(prefix.len()..).unwrap_or_default();
                 // node \0 m: a node's record; node \0 i…: one of its items.
                 if let Some(node) = rest.strip_suffix(b"\0m") {
                     if !node.contains(&0) {
-                        let meta: Meta = decode(&v, "PEP node")?;
-                        out.push((String::from_utf8_lossy(node).into_owned(), meta.config));
+                        let node = String::from_utf8_lossy(node).into_owned();
+                        if let Some(m) = self.read_meta(user.as_str(), &node)? {
+                            out.push((node, m.config));
+                        }
                     }
                 }
             }
@@ -193,8 +251,9 @@ impl PepStore for SledStore {
         Box::pin(async move {
             let meta = Meta {
                 config,
-                order: Vec::new(),
+                count: 0,
                 bytes: 0,
+                next: 0,
             };
             let json = serde_json::to_vec(&meta).map_err(e)?;
             let created = self
@@ -221,20 +280,30 @@ impl PepStore for SledStore {
     ) -> BoxFuture<'a, StoreResult<Option<Vec<String>>>> {
         Box::pin(async move {
             let u = user.as_str();
-            let mk = meta_key(u, node);
-            let ukey = usage_key(u, USAGE_CLASS);
-            let r = (&self.pep, &self.usage).transaction(|(pep, usage)| {
-                let Some(mut meta) = tx_get::<Meta>(pep, &mk, "PEP node")? else {
-                    return Err(ConflictableTransactionError::Abort(Stop::Missing));
+            let r = {
+                let _turn = self.pep_lock(u);
+                let Some(meta) = self.read_meta(u, node)? else {
+                    return Ok(None);
                 };
-                meta.config = config.clone();
-                let (dropped, freed) = trim(pep, u, node, &mut meta, config.max_items as usize)?;
-                tx_put(pep, &mk, &meta)?;
-                if !dropped.is_empty() {
-                    tx_usage(usage, &ukey, -(dropped.len() as i64), -(freed as i64))?;
-                }
-                Ok(dropped)
-            });
+                let drop =
+                    self.oldest_beyond(u, node, meta.count, u64::from(config.max_items), None)?;
+                let mk = meta_key(u, node);
+                let ukey = usage_key(u, USAGE_CLASS);
+                (&self.pep, &self.usage).transaction(|(pep, usage)| {
+                    let Some(mut meta) = tx_get::<Meta>(pep, &mk, "PEP node")? else {
+                        return Err(ConflictableTransactionError::Abort(Stop::Missing));
+                    };
+                    let (n, freed) = tx_remove(pep, u, node, &drop)?;
+                    meta.config = config.clone();
+                    meta.count = meta.count.saturating_sub(n);
+                    meta.bytes = meta.bytes.saturating_sub(freed);
+                    tx_put(pep, &mk, &meta)?;
+                    if n > 0 {
+                        tx_usage(usage, &ukey, -(n as i64), -(freed as i64))?;
+                    }
+                    Ok(drop.clone())
+                })
+            };
             match finish(r)? {
                 Ok(dropped) => {
                     self.commit().await?;
@@ -252,24 +321,25 @@ impl PepStore for SledStore {
     ) -> BoxFuture<'a, StoreResult<bool>> {
         Box::pin(async move {
             let u = user.as_str();
-            let mk = meta_key(u, node);
-            let ukey = usage_key(u, USAGE_CLASS);
-            let r = (&self.pep, &self.usage).transaction(|(pep, usage)| {
-                let Some(meta) = tx_get::<Meta>(pep, &mk, "PEP node")? else {
-                    return Err(ConflictableTransactionError::Abort(Stop::Missing));
-                };
-                for id in &meta.order {
-                    pep.remove(item_key(u, node, id))?;
-                }
-                pep.remove(mk.as_slice())?;
-                tx_usage(
-                    usage,
-                    &ukey,
-                    -(meta.order.len() as i64),
-                    -(meta.bytes as i64),
-                )?;
-                Ok(())
-            });
+            let r = {
+                let _turn = self.pep_lock(u);
+                let ids: Vec<String> = self
+                    .scan_items(u, node)?
+                    .into_iter()
+                    .map(|s| s.item.id)
+                    .collect();
+                let mk = meta_key(u, node);
+                let ukey = usage_key(u, USAGE_CLASS);
+                (&self.pep, &self.usage).transaction(|(pep, usage)| {
+                    if tx_get::<Meta>(pep, &mk, "PEP node")?.is_none() {
+                        return Err(ConflictableTransactionError::Abort(Stop::Missing));
+                    }
+                    let (n, freed) = tx_remove(pep, u, node, &ids)?;
+                    pep.remove(mk.as_slice())?;
+                    tx_usage(usage, &ukey, -(n as i64), -(freed as i64))?;
+                    Ok(())
+                })
+            };
             match finish(r)? {
                 Ok(()) => {
                     self.commit().await?;
@@ -290,45 +360,71 @@ impl PepStore for SledStore {
     ) -> BoxFuture<'a, StoreResult<PepPublished>> {
         Box::pin(async move {
             let u = user.as_str();
-            let mk = meta_key(u, node);
-            let ik = item_key(u, node, &item.id);
-            let ukey = usage_key(u, USAGE_CLASS);
-            let len = item_len(&item);
-            let r = (&self.pep, &self.usage).transaction(|(pep, usage)| {
-                let (mut meta, created) = match tx_get::<Meta>(pep, &mk, "PEP node")? {
-                    Some(m) => (m, false),
-                    None => (
-                        Meta {
-                            config: config.clone(),
-                            order: Vec::new(),
-                            bytes: 0,
-                        },
-                        true,
-                    ),
+            let r = {
+                let _turn = self.pep_lock(u);
+                let meta = self.read_meta(u, node)?;
+                let new_id = self.read_item(u, node, &item.id)?.is_none();
+                let drop = match &meta {
+                    Some(m) => self.oldest_beyond(
+                        u,
+                        node,
+                        m.count,
+                        u64::from(m.config.max_items.max(1)),
+                        new_id.then_some(item.id.as_str()),
+                    )?,
+                    None => Vec::new(),
                 };
-                let old = tx_get::<PepItem>(pep, &ik, "PEP item")?;
-                let old_len = old.as_ref().map_or(0, item_len);
-                meta.order.retain(|i| *i != item.id);
-                meta.order.push(item.id.clone());
-                meta.bytes = meta.bytes.saturating_sub(old_len) + len;
-                let max = meta.config.max_items.max(1) as usize;
-                let (dropped, freed) = trim(pep, u, node, &mut meta, max)?;
-                let (_, total) = decode_usage(usage.get(&ukey)?.as_deref());
-                let total = total.saturating_sub(old_len + freed) + len;
-                if len > old_len && total > max_bytes as u64 {
-                    return Err(ConflictableTransactionError::Abort(Stop::OverQuota));
-                }
-                tx_put(pep, &ik, &item)?;
-                tx_put(pep, &mk, &meta)?;
-                let added = i64::from(old.is_none()) - dropped.len() as i64;
-                tx_usage(
-                    usage,
-                    &ukey,
-                    added,
-                    len as i64 - old_len as i64 - freed as i64,
-                )?;
-                Ok(PepPublished::Stored { created, dropped })
-            });
+                let mk = meta_key(u, node);
+                let ik = item_key(u, node, &item.id);
+                let ukey = usage_key(u, USAGE_CLASS);
+                let len = item_len(&item);
+                (&self.pep, &self.usage).transaction(|(pep, usage)| {
+                    let (mut meta, created) = match tx_get::<Meta>(pep, &mk, "PEP node")? {
+                        Some(m) => (m, false),
+                        None => (
+                            Meta {
+                                config: config.clone(),
+                                count: 0,
+                                bytes: 0,
+                                next: 0,
+                            },
+                            true,
+                        ),
+                    };
+                    let old = tx_get::<Stored>(pep, &ik, "PEP item")?;
+                    let old_len = old.as_ref().map_or(0, |o| item_len(&o.item));
+                    let (n, freed) = tx_remove(pep, u, node, &drop)?;
+                    let (_, total) = decode_usage(usage.get(&ukey)?.as_deref());
+                    let total = total.saturating_sub(old_len + freed) + len;
+                    if len > old_len && total > max_bytes as u64 {
+                        return Err(ConflictableTransactionError::Abort(Stop::OverQuota));
+                    }
+                    let added = u64::from(old.is_none());
+                    meta.count = (meta.count + added).saturating_sub(n);
+                    meta.bytes = meta.bytes.saturating_sub(old_len + freed) + len;
+                    let seq = meta.next;
+                    meta.next += 1;
+                    tx_put(
+                        pep,
+                        &ik,
+                        &Stored {
+                            seq,
+                            item: item.clone(),
+                        },
+                    )?;
+                    tx_put(pep, &mk, &meta)?;
+                    tx_usage(
+                        usage,
+                        &ukey,
+                        added as i64 - n as i64,
+                        len as i64 - old_len as i64 - freed as i64,
+                    )?;
+                    Ok(PepPublished::Stored {
+                        created,
+                        dropped: drop.clone(),
+                    })
+                })
+            };
             match finish(r)? {
                 Ok(p) => {
                     self.commit().await?;
@@ -348,23 +444,25 @@ impl PepStore for SledStore {
         Box::pin(async move {
             let u = user.as_str();
             let mk = meta_key(u, node);
-            let ik = item_key(u, node, id);
             let ukey = usage_key(u, USAGE_CLASS);
-            let r = (&self.pep, &self.usage).transaction(|(pep, usage)| {
-                let Some(mut meta) = tx_get::<Meta>(pep, &mk, "PEP node")? else {
-                    return Err(ConflictableTransactionError::Abort(Stop::Missing));
-                };
-                let Some(old) = tx_get::<PepItem>(pep, &ik, "PEP item")? else {
-                    return Err(ConflictableTransactionError::Abort(Stop::Missing));
-                };
-                let len = item_len(&old);
-                meta.order.retain(|i| i != id);
-                meta.bytes = meta.bytes.saturating_sub(len);
-                pep.remove(ik.as_slice())?;
-                tx_put(pep, &mk, &meta)?;
-                tx_usage(usage, &ukey, -1, -(len as i64))?;
-                Ok(())
-            });
+            let ids = [id.to_string()];
+            let r = {
+                let _turn = self.pep_lock(u);
+                (&self.pep, &self.usage).transaction(|(pep, usage)| {
+                    let Some(mut meta) = tx_get::<Meta>(pep, &mk, "PEP node")? else {
+                        return Err(ConflictableTransactionError::Abort(Stop::Missing));
+                    };
+                    let (n, freed) = tx_remove(pep, u, node, &ids)?;
+                    if n == 0 {
+                        return Err(ConflictableTransactionError::Abort(Stop::Missing));
+                    }
+                    meta.count = meta.count.saturating_sub(n);
+                    meta.bytes = meta.bytes.saturating_sub(freed);
+                    tx_put(pep, &mk, &meta)?;
+                    tx_usage(usage, &ukey, -(n as i64), -(freed as i64))?;
+                    Ok(())
+                })
+            };
             match finish(r)? {
                 Ok(()) => {
                     self.commit().await?;
@@ -380,15 +478,25 @@ impl PepStore for SledStore {
             let u = user.as_str();
             let mk = meta_key(u, node);
             let ukey = usage_key(u, USAGE_CLASS);
-            let r = (&self.pep, &self.usage).transaction(|(pep, usage)| {
-                let Some(mut meta) = tx_get::<Meta>(pep, &mk, "PEP node")? else {
-                    return Err(ConflictableTransactionError::Abort(Stop::Missing));
-                };
-                let (dropped, freed) = trim(pep, u, node, &mut meta, 0)?;
-                tx_put(pep, &mk, &meta)?;
-                tx_usage(usage, &ukey, -(dropped.len() as i64), -(freed as i64))?;
-                Ok(())
-            });
+            let r = {
+                let _turn = self.pep_lock(u);
+                let ids: Vec<String> = self
+                    .scan_items(u, node)?
+                    .into_iter()
+                    .map(|s| s.item.id)
+                    .collect();
+                (&self.pep, &self.usage).transaction(|(pep, usage)| {
+                    let Some(mut meta) = tx_get::<Meta>(pep, &mk, "PEP node")? else {
+                        return Err(ConflictableTransactionError::Abort(Stop::Missing));
+                    };
+                    let (n, freed) = tx_remove(pep, u, node, &ids)?;
+                    meta.count = meta.count.saturating_sub(n);
+                    meta.bytes = meta.bytes.saturating_sub(freed);
+                    tx_put(pep, &mk, &meta)?;
+                    tx_usage(usage, &ukey, -(n as i64), -(freed as i64))?;
+                    Ok(())
+                })
+            };
             match finish(r)? {
                 Ok(()) => {
                     self.commit().await?;
@@ -406,18 +514,9 @@ impl PepStore for SledStore {
         max: Option<usize>,
     ) -> BoxFuture<'a, StoreResult<Vec<PepItem>>> {
         Box::pin(async move {
-            let u = user.as_str();
-            let Some(meta) = self.read_meta(u, node)? else {
-                return Ok(Vec::new());
-            };
-            let skip = max.map_or(0, |m| meta.order.len().saturating_sub(m));
-            let mut out = Vec::new();
-            for id in &meta.order[skip..] {
-                if let Some(item) = self.read_item(u, node, id)? {
-                    out.push(item);
-                }
-            }
-            Ok(out)
+            let all = self.scan_items(user.as_str(), node)?;
+            let skip = max.map_or(0, |m| all.len().saturating_sub(m));
+            Ok(all.into_iter().skip(skip).map(|s| s.item).collect())
         })
     }
 
