@@ -15,7 +15,7 @@ use xmpp_parsers::jid::BareJid;
 use xmpp_parsers::pubsub::pubsub::PubSub;
 use xmpp_parsers::stanza_error::{DefinedCondition as Cond, StanzaError};
 
-use super::{config, Change, Pep, MAX_ITEMS};
+use super::{config, Change, Pep, MAX_BOOKMARKS};
 use crate::modules::{store_failed, IqRequest, IqResult, IqType};
 use crate::server::Ctx;
 use crate::stanza::{element, simple_error};
@@ -34,7 +34,7 @@ pub fn default_for(node: &str) -> PepNodeConfig {
     match node {
         BOOKMARKS => {
             c.access_model = AccessModel::Whitelist;
-            c.max_items = MAX_ITEMS;
+            c.max_items = MAX_BOOKMARKS;
             c.send_last_published_item = SendLast::Never;
         }
         LEGACY_BOOKMARKS => {
@@ -358,7 +358,7 @@ async fn legacy_answer(
                 .clone()
                 .and_then(|o| o.form)
                 .map(Element::from);
-            config::PublishOptions::parse(form.as_ref())?.check(&legacy_config())?;
+            config::PublishOptions::parse(form.as_ref(), 1)?.check(&legacy_config())?;
             let storage = publish
                 .items
                 .first()

@@ -8,7 +8,7 @@
 use minidom::Element;
 use xmpp_parsers::stanza_error::{DefinedCondition as Cond, StanzaError};
 
-use super::{pubsub_error, MAX_ITEMS};
+use super::{pubsub_error, MAX_BOOKMARKS, MAX_ITEMS};
 use crate::modules::mam::form_field as field;
 use crate::stanza::{element, set_attr, simple_error};
 use crate::store::{AccessModel, PepNodeConfig, SendLast};
@@ -66,12 +66,23 @@ fn parse_bool(v: &str) -> Option<bool> {
     }
 }
 
-fn parse_max(v: &str) -> Option<u32> {
+/// The most items a node may keep, what `max_items=max` means for it:
+/// 256 (as Prosody's `pep_max_items`), and more for the bookmarks node,
+/// which holds one item per room of its owner.
+pub fn ceiling(node: &str) -> u32 {
+    if node == super::BOOKMARKS {
+        MAX_BOOKMARKS
+    } else {
+        MAX_ITEMS
+    }
+}
+
+fn parse_max(v: &str, ceiling: u32) -> Option<u32> {
     let v = v.trim();
     if v == "max" {
-        return Some(MAX_ITEMS);
+        return Some(ceiling);
     }
-    v.parse::<u32>().ok().map(|n| n.clamp(1, MAX_ITEMS))
+    v.parse::<u32>().ok().map(|n| n.clamp(1, ceiling))
 }
 
 fn options(f: Element, opts: &[&str]) -> Element {
@@ -93,7 +104,7 @@ fn labelled(mut f: Element, label: &str) -> Element {
 
 /// The `pubsub#node_config` form of a node (`typ` `form` for the owner to
 /// fill in, `result` where it only informs).
-pub fn config_form(c: &PepNodeConfig, typ: &str) -> Element {
+pub fn config_form(c: &PepNodeConfig, typ: &str, ceiling: u32) -> Element {
     let mut x = element("x", ns::DATA_FORMS, &[("type", typ)]);
     x.append_child(field("FORM_TYPE", "hidden", Some(NODE_CONFIG)));
     x.append_child(labelled(
@@ -110,7 +121,7 @@ pub fn config_form(c: &PepNodeConfig, typ: &str) -> Element {
             "text-single",
             Some(&c.max_items.to_string()),
         ),
-        &format!("Items to keep (at most {MAX_ITEMS}, or 'max')"),
+        &format!("Items to keep (at most {ceiling}, or 'max')"),
     ));
     x.append_child(labelled(
         field(
@@ -188,14 +199,20 @@ fn not_acceptable(text: &str) -> StanzaError {
 
 /// One field of a configuration, applied to `c`: `Err` for a value Confab
 /// does not offer.
-fn apply_field(c: &mut PepNodeConfig, var: &str, vals: &[String]) -> Result<(), StanzaError> {
+fn apply_field(
+    c: &mut PepNodeConfig,
+    var: &str,
+    vals: &[String],
+    ceiling: u32,
+) -> Result<(), StanzaError> {
     let one = vals.first().map(String::as_str).unwrap_or("").trim();
     let bad = |what: &str| not_acceptable(&format!("{var}: {what}"));
     match var {
         "pubsub#title" => c.title = one.chars().take(200).collect(),
         "pubsub#type" => c.payload_type = one.chars().take(200).collect(),
         "pubsub#max_items" => {
-            c.max_items = parse_max(one).ok_or_else(|| bad("a number of items, or 'max'"))?;
+            c.max_items =
+                parse_max(one, ceiling).ok_or_else(|| bad("a number of items, or 'max'"))?;
         }
         "pubsub#persist_items" => {
             c.persist_items = parse_bool(one).ok_or_else(|| bad("a boolean"))?;
@@ -270,7 +287,11 @@ fn form_type(x: &Element) -> Option<String> {
 }
 
 /// A submitted `pubsub#node_config` form applied to `base`.
-pub fn apply_config(base: &PepNodeConfig, x: &Element) -> Result<PepNodeConfig, StanzaError> {
+pub fn apply_config(
+    base: &PepNodeConfig,
+    x: &Element,
+    ceiling: u32,
+) -> Result<PepNodeConfig, StanzaError> {
     if !x.is("x", ns::DATA_FORMS) {
         return Err(crate::modules::bad_request(
             "a configuration is a data form",
@@ -292,7 +313,7 @@ pub fn apply_config(base: &PepNodeConfig, x: &Element) -> Result<PepNodeConfig, 
             return Err(crate::modules::bad_request("a submitted field has a 'var'"));
         };
         if var != "FORM_TYPE" {
-            apply_field(&mut c, var, &values(f))?;
+            apply_field(&mut c, var, &values(f), ceiling)?;
         }
     }
     Ok(c)
@@ -302,16 +323,19 @@ pub fn apply_config(base: &PepNodeConfig, x: &Element) -> Result<PepNodeConfig, 
 /// publish gets, and a check that an existing node's configuration meets
 /// them (`conflict` with `precondition-not-met` otherwise: the client may
 /// then reconfigure the node and publish again).
-pub struct PublishOptions(Vec<(String, Vec<String>)>);
+pub struct PublishOptions {
+    fields: Vec<(String, Vec<String>)>,
+    /// The node's `max`.
+    ceiling: u32,
+}
 
 impl PublishOptions {
-    pub fn none() -> Self {
-        PublishOptions(Vec::new())
-    }
-
-    pub fn parse(x: Option<&Element>) -> Result<Self, StanzaError> {
+    pub fn parse(x: Option<&Element>, ceiling: u32) -> Result<Self, StanzaError> {
         let Some(x) = x else {
-            return Ok(Self::none());
+            return Ok(PublishOptions {
+                fields: Vec::new(),
+                ceiling,
+            });
         };
         if form_type(x).as_deref() != Some(PUBLISH_OPTIONS) {
             return Err(crate::modules::bad_request(&format!(
@@ -327,23 +351,26 @@ impl PublishOptions {
                 out.push((var.to_string(), values(f)));
             }
         }
-        Ok(PublishOptions(out))
+        Ok(PublishOptions {
+            fields: out,
+            ceiling,
+        })
     }
 
     /// The configuration of a node created by the publish.
     pub fn new_node(&self, base: PepNodeConfig) -> Result<PepNodeConfig, StanzaError> {
         let mut c = base;
-        for (var, vals) in &self.0 {
-            apply_field(&mut c, var, vals).map_err(|_| precondition(var))?;
+        for (var, vals) in &self.fields {
+            apply_field(&mut c, var, vals, self.ceiling).map_err(|_| precondition(var))?;
         }
         Ok(c)
     }
 
     /// Whether an existing node meets the options.
     pub fn check(&self, existing: &PepNodeConfig) -> Result<(), StanzaError> {
-        for (var, vals) in &self.0 {
+        for (var, vals) in &self.fields {
             let mut want = existing.clone();
-            apply_field(&mut want, var, vals).map_err(|_| precondition(var))?;
+            apply_field(&mut want, var, vals, self.ceiling).map_err(|_| precondition(var))?;
             if want != *existing {
                 return Err(precondition(var));
             }

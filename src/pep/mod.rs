@@ -58,6 +58,8 @@ const NS_META: &str = "http://jabber.org/protocol/pubsub#meta-data";
 /// Items a node keeps at most: what `max_items=max` means (as Prosody's
 /// `pep_max_items`).
 pub const MAX_ITEMS: u32 = 256;
+/// The same for the bookmarks node: one item per room the owner is in.
+pub const MAX_BOOKMARKS: u32 = 1024;
 /// Nodes one account may have.
 const MAX_NODES: usize = 256;
 /// Longest node name and item id.
@@ -566,7 +568,7 @@ impl Pep {
                     _ => crate::stanza::random_id(12),
                 };
                 let form = publish_options.and_then(|o| o.form).map(Element::from);
-                let options = config::PublishOptions::parse(form.as_ref())?;
+                let options = config::PublishOptions::parse(form.as_ref(), config::ceiling(&node))?;
                 let stored = PepItem {
                     id: id.clone(),
                     xml: writer::to_string(&payload),
@@ -665,7 +667,7 @@ impl Pep {
                 };
                 let mut c = bookmarks::default_for(&node);
                 if let Some(form) = configure.and_then(|c| c.form) {
-                    c = config::apply_config(&c, &Element::from(form))?;
+                    c = config::apply_config(&c, &Element::from(form), config::ceiling(&node))?;
                 }
                 let nodes = ctx
                     .stores
@@ -775,14 +777,15 @@ impl Pep {
                 match req.typ {
                     IqType::Get => {
                         let mut conf = element("configure", NS_OWNER, &[("node", &node)]);
-                        conf.append_child(config::config_form(&c, "form"));
+                        conf.append_child(config::config_form(&c, "form", config::ceiling(&node)));
                         Ok(wrap(conf))
                     }
                     IqType::Set => {
                         let Some(form) = form else {
                             return Err(bad_request("a configuration needs a form"));
                         };
-                        let new = config::apply_config(&c, &Element::from(form))?;
+                        let new =
+                            config::apply_config(&c, &Element::from(form), config::ceiling(&node))?;
                         if new != c && node == LEGACY_BOOKMARKS {
                             return Err(simple_error(
                                 Cond::NotAcceptable,
@@ -804,7 +807,11 @@ impl Pep {
             OwnerPayload::Default { .. } => {
                 need(req, IqType::Get)?;
                 let mut d = Element::bare("default", NS_OWNER);
-                d.append_child(config::config_form(&config::default_config(), "form"));
+                d.append_child(config::config_form(
+                    &config::default_config(),
+                    "form",
+                    MAX_ITEMS,
+                ));
                 Ok(wrap(d))
             }
             OwnerPayload::Delete { node, .. } => {
@@ -1096,7 +1103,7 @@ impl AccountDisco for Pep {
                 &[("category", "pubsub"), ("type", "leaf")],
             ));
             q.append_child(element("feature", ns::DISCO_INFO, &[("var", NS_PUBSUB)]));
-            let mut x = config::config_form(&c, "result");
+            let mut x = config::config_form(&c, "result", config::ceiling(node));
             // The meta-data form (XEP-0060 §5.4) shares its fields.
             for f in x.children_mut() {
                 if f.attr("var") == Some("FORM_TYPE") {

@@ -902,7 +902,7 @@ async fn bookmarks_follow_membership_are_pushed_and_survive_a_restart() {
         .await;
     let form = String::from(&form);
     assert!(form.contains("<value>whitelist</value>"), "{form}");
-    assert!(form.contains("<value>256</value>"), "{form}");
+    assert!(form.contains("<value>1024</value>"), "{form}");
     let peek = bob.pep_items(Some("alice@localhost"), BOOKMARKS).await;
     assert_eq!(error_condition(&peek).as_deref(), Some("not-allowed"));
 
