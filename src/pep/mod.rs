@@ -814,31 +814,28 @@ impl Pep {
                 ));
                 Ok(wrap(d))
             }
-            OwnerPayload::Delete { node, .. } => {
+            OwnerPayload::Delete { ref node, .. } | OwnerPayload::Purge { ref node } => {
                 need(req, IqType::Set)?;
+                let delete = matches!(o.payload, OwnerPayload::Delete { .. });
                 let node = node_name(&node.0)?.to_string();
                 let c = read(node.clone()).await?;
-                ctx.stores
-                    .pep
-                    .delete_node(owner, &node)
-                    .await
-                    .map_err(|e| store_failed("PEP write", e))?;
-                if c.notify_delete {
-                    self.notify(ctx, owner, &node, &c, Change::Deleted).await;
-                }
-                Ok(None)
-            }
-            OwnerPayload::Purge { node } => {
-                need(req, IqType::Set)?;
-                let node = node_name(&node.0)?.to_string();
-                let c = read(node.clone()).await?;
-                ctx.stores
-                    .pep
-                    .purge(owner, &node)
-                    .await
-                    .map_err(|e| store_failed("PEP write", e))?;
-                if c.notify_retract {
-                    self.notify(ctx, owner, &node, &c, Change::Purged).await;
+                let pep = &ctx.stores.pep;
+                let (done, tell, change) = if delete {
+                    (
+                        pep.delete_node(owner, &node).await,
+                        c.notify_delete,
+                        Change::Deleted,
+                    )
+                } else {
+                    (
+                        pep.purge(owner, &node).await,
+                        c.notify_retract,
+                        Change::Purged,
+                    )
+                };
+                done.map_err(|e| store_failed("PEP write", e))?;
+                if tell {
+                    self.notify(ctx, owner, &node, &c, change).await;
                 }
                 Ok(None)
             }

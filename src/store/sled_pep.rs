@@ -209,6 +209,38 @@ impl SledStore {
     }
 }
 
+impl SledStore {
+    /// Remove items of an existing node (`ids`, or every one): how many
+    /// were there (`None`: no such node). Not yet committed.
+    fn take_out(&self, u: &str, node: &str, ids: Option<&[String]>) -> StoreResult<Option<u64>> {
+        let _turn = self.pep_lock(u);
+        let ids: Vec<String> = match ids {
+            Some(i) => i.to_vec(),
+            None => self
+                .scan_items(u, node)?
+                .into_iter()
+                .map(|s| s.item.id)
+                .collect(),
+        };
+        let mk = meta_key(u, node);
+        let ukey = usage_key(u, USAGE_CLASS);
+        let r = (&self.pep, &self.usage).transaction(|(pep, usage)| {
+            let Some(mut meta) = tx_get::<Meta>(pep, &mk, "PEP node")? else {
+                return Err(ConflictableTransactionError::Abort(Stop::Missing));
+            };
+            let (n, freed) = tx_remove(pep, u, node, &ids)?;
+            if n > 0 {
+                meta.count = meta.count.saturating_sub(n);
+                meta.bytes = meta.bytes.saturating_sub(freed);
+                tx_put(pep, &mk, &meta)?;
+                tx_usage(usage, &ukey, -(n as i64), -(freed as i64))?;
+            }
+            Ok(n)
+        });
+        Ok(finish(r)?.ok())
+    }
+}
+
 impl PepStore for SledStore {
     fn node<'a>(
         &'a self,
@@ -442,67 +474,23 @@ impl PepStore for SledStore {
         id: &'a str,
     ) -> BoxFuture<'a, StoreResult<bool>> {
         Box::pin(async move {
-            let u = user.as_str();
-            let mk = meta_key(u, node);
-            let ukey = usage_key(u, USAGE_CLASS);
-            let ids = [id.to_string()];
-            let r = {
-                let _turn = self.pep_lock(u);
-                (&self.pep, &self.usage).transaction(|(pep, usage)| {
-                    let Some(mut meta) = tx_get::<Meta>(pep, &mk, "PEP node")? else {
-                        return Err(ConflictableTransactionError::Abort(Stop::Missing));
-                    };
-                    let (n, freed) = tx_remove(pep, u, node, &ids)?;
-                    if n == 0 {
-                        return Err(ConflictableTransactionError::Abort(Stop::Missing));
-                    }
-                    meta.count = meta.count.saturating_sub(n);
-                    meta.bytes = meta.bytes.saturating_sub(freed);
-                    tx_put(pep, &mk, &meta)?;
-                    tx_usage(usage, &ukey, -(n as i64), -(freed as i64))?;
-                    Ok(())
-                })
-            };
-            match finish(r)? {
-                Ok(()) => {
-                    self.commit().await?;
-                    Ok(true)
-                }
-                Err(_) => Ok(false),
+            let gone = self.take_out(user.as_str(), node, Some(&[id.to_string()]))?;
+            if gone.is_some_and(|n| n > 0) {
+                self.commit().await?;
+                return Ok(true);
             }
+            Ok(false)
         })
     }
 
     fn purge<'a>(&'a self, user: &'a BareJid, node: &'a str) -> BoxFuture<'a, StoreResult<bool>> {
         Box::pin(async move {
-            let u = user.as_str();
-            let mk = meta_key(u, node);
-            let ukey = usage_key(u, USAGE_CLASS);
-            let r = {
-                let _turn = self.pep_lock(u);
-                let ids: Vec<String> = self
-                    .scan_items(u, node)?
-                    .into_iter()
-                    .map(|s| s.item.id)
-                    .collect();
-                (&self.pep, &self.usage).transaction(|(pep, usage)| {
-                    let Some(mut meta) = tx_get::<Meta>(pep, &mk, "PEP node")? else {
-                        return Err(ConflictableTransactionError::Abort(Stop::Missing));
-                    };
-                    let (n, freed) = tx_remove(pep, u, node, &ids)?;
-                    meta.count = meta.count.saturating_sub(n);
-                    meta.bytes = meta.bytes.saturating_sub(freed);
-                    tx_put(pep, &mk, &meta)?;
-                    tx_usage(usage, &ukey, -(n as i64), -(freed as i64))?;
-                    Ok(())
-                })
-            };
-            match finish(r)? {
-                Ok(()) => {
+            match self.take_out(user.as_str(), node, None)? {
+                Some(_) => {
                     self.commit().await?;
                     Ok(true)
                 }
-                Err(_) => Ok(false),
+                None => Ok(false),
             }
         })
     }
