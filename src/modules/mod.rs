@@ -291,13 +291,6 @@ pub trait PersonalEvents: Send + Sync {
         node: &'a str,
         id: &'a str,
     ) -> BoxFuture<'a, crate::store::StoreResult<()>>;
-    /// The items of `owner`'s `node`, oldest first: (id, payload).
-    fn items<'a>(
-        &'a self,
-        ctx: &'a Arc<Ctx>,
-        owner: &'a BareJid,
-        node: &'a str,
-    ) -> BoxFuture<'a, crate::store::StoreResult<Vec<(String, Element)>>>;
 }
 
 /// What an account shows in service discovery beyond its features: items

@@ -192,6 +192,29 @@ fn node_name(n: &str) -> Result<&str, StanzaError> {
     Ok(n)
 }
 
+/// Whether `owner` may get the new node `node`: `conflict` when it
+/// exists, `max-nodes-exceeded` when the account has all it may have.
+async fn may_add_node(ctx: &Ctx, owner: &BareJid, node: &str) -> Result<(), StanzaError> {
+    let nodes = ctx
+        .stores
+        .pep
+        .nodes(owner)
+        .await
+        .map_err(|e| store_failed("PEP read", e))?;
+    if nodes.iter().any(|(n, _)| n == node) {
+        return Err(simple_error(Cond::Conflict, Some("the node exists")));
+    }
+    if nodes.len() >= MAX_NODES {
+        return Err(pubsub_error(
+            Cond::ResourceConstraint,
+            "max-nodes-exceeded",
+            None,
+            Some(&format!("an account has at most {MAX_NODES} PEP nodes")),
+        ));
+    }
+    Ok(())
+}
+
 /// Whether `viewer` may read `owner`'s node of this configuration: the
 /// one place that applies the access models.
 async fn may_read(
@@ -456,20 +479,7 @@ impl Pep {
                 c
             }
             None => {
-                let nodes = ctx
-                    .stores
-                    .pep
-                    .nodes(owner)
-                    .await
-                    .map_err(|e| store_failed("PEP read", e))?;
-                if nodes.len() >= MAX_NODES {
-                    return Err(pubsub_error(
-                        Cond::ResourceConstraint,
-                        "max-nodes-exceeded",
-                        None,
-                        Some(&format!("an account has at most {MAX_NODES} PEP nodes")),
-                    ));
-                }
+                may_add_node(ctx, owner, node).await?;
                 options.new_node(base)?
             }
         };
@@ -669,23 +679,7 @@ impl Pep {
                 if let Some(form) = configure.and_then(|c| c.form) {
                     c = config::apply_config(&c, &Element::from(form), config::ceiling(&node))?;
                 }
-                let nodes = ctx
-                    .stores
-                    .pep
-                    .nodes(owner)
-                    .await
-                    .map_err(|e| store_failed("PEP read", e))?;
-                if nodes.iter().any(|(n, _)| *n == node) {
-                    return Err(simple_error(Cond::Conflict, Some("the node exists")));
-                }
-                if nodes.len() >= MAX_NODES {
-                    return Err(pubsub_error(
-                        Cond::ResourceConstraint,
-                        "max-nodes-exceeded",
-                        None,
-                        Some(&format!("an account has at most {MAX_NODES} PEP nodes")),
-                    ));
-                }
+                may_add_node(ctx, owner, &node).await?;
                 let created = ctx
                     .stores
                     .pep
@@ -1025,24 +1019,6 @@ impl PersonalEvents for Pep {
                 }
             }
             Ok(())
-        })
-    }
-
-    fn items<'a>(
-        &'a self,
-        ctx: &'a Arc<Ctx>,
-        owner: &'a BareJid,
-        node: &'a str,
-    ) -> BoxFuture<'a, StoreResult<Vec<(String, Element)>>> {
-        Box::pin(async move {
-            Ok(ctx
-                .stores
-                .pep
-                .items(owner, node, None)
-                .await?
-                .into_iter()
-                .filter_map(|i| parse_payload(&i.xml).map(|p| (i.id, p)))
-                .collect())
         })
     }
 }
