@@ -316,20 +316,9 @@ impl Backlog for DrainStep {
                 }
             };
             if chunk.is_empty() {
-                // Done, unless a message joined the queue meanwhile: that
-                // is checked under the lock those messages take.
-                let Some(lock) = ctx.offline_drains.lock_of(&user) else {
-                    return false;
-                };
-                let _g = lock.lock().await;
-                match ctx.stores.offline.chunk(&user, self.after, 1, 1).await {
-                    Ok(more) if !more.is_empty() => return true,
-                    Ok(_) => {}
-                    Err(e) => tracing::error!(error = %e, "offline storage failed"),
-                }
-                ctx.offline_drains.release(&user, st.id);
-                return false;
+                return !self.finish(ctx, &user, st.id).await;
             }
+            let short = chunk.len() < CHUNK_ITEMS;
             // Stored documents are read back before they are sent (off the
             // async workers): one written by an older version that a
             // client's parser would choke on is dropped, not delivered.
@@ -366,8 +355,31 @@ impl Backlog for DrainStep {
             if !unreadable.is_empty() {
                 delivered(ctx, &user, &unreadable).await;
             }
-            true
+            // A short chunk was probably the end of the queue: the drain
+            // ends now, before the session writes what it was handed, so a
+            // message sent after the client saw the last stored one is
+            // delivered live (no delay), not queued behind a finished drain.
+            !(short && self.finish(ctx, &user, st.id).await)
         })
+    }
+}
+
+impl DrainStep {
+    /// End the drain if nothing is stored after what was delivered; that
+    /// is checked under the lock messages joining the queue take, so none
+    /// is left behind. Whether it ended.
+    async fn finish(&self, ctx: &Ctx, user: &BareJid, session: u64) -> bool {
+        let Some(lock) = ctx.offline_drains.lock_of(user) else {
+            return true;
+        };
+        let _g = lock.lock().await;
+        match ctx.stores.offline.chunk(user, self.after, 1, 1).await {
+            Ok(more) if !more.is_empty() => return false,
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "offline storage failed"),
+        }
+        ctx.offline_drains.release(user, session);
+        true
     }
 }
 
