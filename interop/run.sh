@@ -2,12 +2,17 @@
 # Interop scenarios against real third-party software: starts the built
 # Confab binary on free loopback ports with a fresh data directory, creates
 # users with `confab user add` (through the running server's admin socket),
-# runs each slixmpp scenario, and stops the server by its PID.
+# runs each slixmpp scenario, and stops the server by its PID. Then
+# federation.sh: its own Confab as confab.test on 127.0.0.10, federating
+# with Prosody and ejabberd of the interop lab (interop/lab).
 #
 #   interop/run.sh            # uses target/release/confab (cargo build --release)
 #   CONFAB=path/to/confab interop/run.sh
+#   INTEROP_FEDERATION=0 interop/run.sh   # without federation.sh
 #
-# Needs /usr/bin/python3 with Debian's python3-slixmpp.
+# Needs /usr/bin/python3 with Debian's python3-slixmpp; federation.sh also
+# Prosody, ejabberd and the lab's names in /etc/hosts (tests/run_all.sh
+# sees to all three).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -41,6 +46,7 @@ data_dir = "$work/data"
 [listen]
 c2s = ["127.0.0.1:$port"]
 c2s_direct_tls = ["127.0.0.1:$tls_port"]
+s2s = []
 [log]
 level = "info"
 TOML
@@ -120,6 +126,12 @@ fi
 if [ "$failed" -ne 0 ]; then
     echo "--- confab log ---" >&2
     tail -50 "$work/confab.log" >&2
-    exit 1
 fi
+
+# Federation (s2s) with Prosody and ejabberd as real partners, dialback
+# then SASL EXTERNAL: prints its own lines, and its logs on failure.
+if [ "${INTEROP_FEDERATION:-1}" = 1 ]; then
+    CONFAB="$confab" "$here/federation.sh" || failed=1
+fi
+[ "$failed" -eq 0 ] || exit 1
 echo "interop: all scenarios passed"

@@ -24,10 +24,22 @@ use crate::store::Stores;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
-    UserAdd { jid: String, password: String },
-    UserDel { jid: String },
-    UserPasswd { jid: String, password: String },
-    UserList { domain: Option<String> },
+    UserAdd {
+        jid: String,
+        password: String,
+    },
+    UserDel {
+        jid: String,
+    },
+    UserPasswd {
+        jid: String,
+        password: String,
+    },
+    UserList {
+        domain: Option<String>,
+    },
+    /// The server-to-server streams now open (running server only).
+    S2sList,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -37,6 +49,8 @@ pub struct Response {
     pub error: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub users: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub streams: Vec<crate::s2s::StreamRow>,
 }
 
 impl Response {
@@ -45,6 +59,7 @@ impl Response {
             ok: true,
             error: None,
             users: Vec::new(),
+            streams: Vec::new(),
         }
     }
     fn err(e: impl Into<String>) -> Self {
@@ -52,6 +67,7 @@ impl Response {
             ok: false,
             error: Some(e.into()),
             users: Vec::new(),
+            streams: Vec::new(),
         }
     }
 }
@@ -164,6 +180,17 @@ pub async fn execute(
                     .map_err(|e| e.to_string())?;
                 tracing::info!(jid = %j, "password changed");
                 Ok(Response::ok())
+            }
+            Request::S2sList => {
+                // Without a running server there are no streams.
+                let streams = ctx
+                    .and_then(|c| c.s2s.as_ref())
+                    .map(|s| s.list())
+                    .unwrap_or_default();
+                Ok(Response {
+                    streams,
+                    ..Response::ok()
+                })
             }
             Request::UserList { domain: d } => {
                 let users = stores

@@ -29,6 +29,7 @@ pub struct Config {
     pub inbox: Inbox,
     /// Group chat (XEP-0045) on a subdomain.
     pub muc: Muc,
+    pub s2s: S2s,
     /// While every available resource of a user is `dnd`, chat and normal
     /// messages with a body to the user are held (durably, like offline
     /// messages) until one of them leaves `dnd` or another one comes
@@ -129,6 +130,59 @@ pub struct Listen {
     pub c2s: Vec<String>,
     /// Client connections with direct TLS (XEP-0368).
     pub c2s_direct_tls: Vec<String>,
+    /// Server-to-server connections with STARTTLS (RFC 6120).
+    pub s2s: Vec<String>,
+    /// Server-to-server connections with direct TLS (XEP-0368, ALPN
+    /// `xmpp-server`).
+    pub s2s_direct_tls: Vec<String>,
+}
+
+/// Federation (`[s2s]`): server-to-server streams with other domains.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct S2s {
+    /// Federate at all. Off: stanzas for other domains bounce with
+    /// `remote-server-not-found` and no s2s port is opened.
+    pub enabled: bool,
+    /// Streams must be encrypted (STARTTLS or direct TLS) both ways.
+    pub require_encryption: bool,
+    /// A peer must present a certificate that verifies for its domain
+    /// (against the system's CA store or `ca_file`); otherwise only the
+    /// domains in `insecure_domains` are accepted, with dialback.
+    pub require_valid_certs: bool,
+    /// Peers whose unverifiable (e.g. self-signed) certificates are
+    /// accepted, authenticated by Server Dialback.
+    pub insecure_domains: Vec<String>,
+    /// PEM file of CA certificates trusted for peers' certificates, in
+    /// addition to the system's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// Seconds a stream with no traffic stays open.
+    pub idle_timeout_s: u64,
+    /// Seconds to resolve, connect and authenticate to a peer before its
+    /// queued stanzas bounce with `remote-server-timeout`.
+    pub connect_timeout_s: u64,
+    /// Stanzas queued for one peer while its stream connects.
+    pub max_queue: usize,
+    /// Static addresses for peers ("partner.example" = "10.0.0.5:5269"),
+    /// used instead of DNS.
+    pub hosts: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for S2s {
+    fn default() -> Self {
+        S2s {
+            enabled: true,
+            require_encryption: true,
+            require_valid_certs: true,
+            insecure_domains: Vec::new(),
+            ca_file: None,
+            idle_timeout_s: 600,
+            connect_timeout_s: 30,
+            max_queue: 1000,
+            hosts: Default::default(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -202,6 +256,7 @@ impl Default for Config {
             mam: Mam::default(),
             inbox: Inbox::default(),
             muc: Muc::default(),
+            s2s: S2s::default(),
             dnd_defers_delivery: true,
             log: Log::default(),
         }
@@ -213,6 +268,8 @@ impl Default for Listen {
         Listen {
             c2s: vec!["127.0.0.1:5222".into()],
             c2s_direct_tls: vec!["127.0.0.1:5223".into()],
+            s2s: vec!["127.0.0.1:5269".into()],
+            s2s_direct_tls: Vec::new(),
         }
     }
 }
@@ -267,6 +324,14 @@ impl std::fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
+
+/// A bare domain name (no node, no resource).
+fn is_domain(d: &str) -> bool {
+    !d.is_empty()
+        && !d.contains('@')
+        && !d.contains('/')
+        && xmpp_parsers::jid::BareJid::new(d).is_ok()
+}
 
 fn err(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError {
@@ -344,6 +409,8 @@ impl Config {
         for (key, list) in [
             ("listen.c2s", &self.listen.c2s),
             ("listen.c2s_direct_tls", &self.listen.c2s_direct_tls),
+            ("listen.s2s", &self.listen.s2s),
+            ("listen.s2s_direct_tls", &self.listen.s2s_direct_tls),
         ] {
             for (i, a) in list.iter().enumerate() {
                 if a.parse::<SocketAddr>().is_err() {
@@ -374,7 +441,7 @@ impl Config {
             }
         }
         let l = &self.limits;
-        let ranges: [(&str, u64, u64, u64); 21] = [
+        let ranges: [(&str, u64, u64, u64); 24] = [
             (
                 "limits.max_stanza_bytes",
                 l.max_stanza_bytes as u64,
@@ -476,6 +543,9 @@ impl Config {
             // A room of one is a note; XEP-0045 rooms beyond a few
             // thousand members are another kind of service.
             ("muc.max_members", self.muc.max_members as u64, 2, 10_000),
+            ("s2s.idle_timeout_s", self.s2s.idle_timeout_s, 5, 86_400),
+            ("s2s.connect_timeout_s", self.s2s.connect_timeout_s, 1, 600),
+            ("s2s.max_queue", self.s2s.max_queue as u64, 1, 1_000_000),
         ];
         for (key, v, min, max) in ranges {
             if v < min || v > max {
@@ -505,6 +575,38 @@ impl Config {
                 ));
             }
         }
+        for d in &self.s2s.insecure_domains {
+            if !is_domain(d) {
+                errors.push(err(
+                    "s2s.insecure_domains",
+                    format!("expected domain names like \"partner.example\", got {d:?}"),
+                ));
+            }
+        }
+        if let Some(ca) = &self.s2s.ca_file {
+            if !ca.is_file() {
+                errors.push(err(
+                    "s2s.ca_file",
+                    format!(
+                        "expected a readable PEM file, {} does not exist",
+                        ca.display()
+                    ),
+                ));
+            }
+        }
+        for (d, a) in &self.s2s.hosts {
+            if !is_domain(d) {
+                errors.push(err(
+                    format!("s2s.hosts.{d}"),
+                    format!("expected a domain name as the key, got {d:?}"),
+                ));
+            } else if crate::s2s::resolve::parse_host_port(a).is_none() {
+                errors.push(err(
+                    format!("s2s.hosts.{d}"),
+                    format!("expected \"host:port\" like \"10.0.0.5:5269\", got {a:?}"),
+                ));
+            }
+        }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             errors.push(err(
                 "log.level",
@@ -529,6 +631,22 @@ impl Config {
     pub fn c2s_direct_tls_addrs(&self) -> Vec<SocketAddr> {
         self.listen
             .c2s_direct_tls
+            .iter()
+            .filter_map(|a| a.parse().ok())
+            .collect()
+    }
+
+    pub fn s2s_addrs(&self) -> Vec<SocketAddr> {
+        self.listen
+            .s2s
+            .iter()
+            .filter_map(|a| a.parse().ok())
+            .collect()
+    }
+
+    pub fn s2s_direct_tls_addrs(&self) -> Vec<SocketAddr> {
+        self.listen
+            .s2s_direct_tls
             .iter()
             .filter_map(|a| a.parse().ok())
             .collect()

@@ -16,6 +16,7 @@ pub mod muc;
 pub mod net;
 pub mod pep;
 pub mod router;
+pub mod s2s;
 pub mod sasl;
 pub mod server;
 pub mod sessions;

@@ -34,8 +34,24 @@ enum Command {
         #[command(subcommand)]
         command: UserCommand,
     },
+    /// Federation: the server-to-server streams of the running server.
+    S2s {
+        #[command(subcommand)]
+        command: S2sCommand,
+    },
     /// Print the effective configuration, or what is wrong with it (exit 1).
     CheckConfig,
+}
+
+#[derive(Subcommand)]
+enum S2sCommand {
+    /// Show the open streams: remote domain, direction, authentication,
+    /// TLS, idle time (one line per authenticated domain pair).
+    List {
+        /// Print JSON (an array of objects) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -114,6 +130,9 @@ async fn main() -> ExitCode {
             init_logging(&config);
             serve(config).await
         }
+        Command::S2s {
+            command: S2sCommand::List { json },
+        } => s2s_list(&config, json).await,
         Command::User { command } => {
             init_logging(&Config {
                 log: confab::config::Log {
@@ -140,6 +159,42 @@ async fn main() -> ExitCode {
             user_command(&config, req).await
         }
     }
+}
+
+async fn s2s_list(config: &Config, json: bool) -> ExitCode {
+    let resp = match admin::send(&config.data_dir, &Request::S2sList).await {
+        Ok(Some(r)) => r,
+        Ok(None) => {
+            return fail("the server is not running (no admin socket in the data directory)")
+        }
+        Err(e) => return fail(&format!("cannot reach the running server: {e}")),
+    };
+    if !resp.ok {
+        return fail(resp.error.as_deref().unwrap_or("failed"));
+    }
+    if json {
+        match serde_json::to_string_pretty(&resp.streams) {
+            Ok(s) => println!("{s}"),
+            Err(e) => return fail(&e.to_string()),
+        }
+        return ExitCode::SUCCESS;
+    }
+    println!(
+        "{:<30} {:<9} {:<24} {:<9} {:<8} {:>6}",
+        "REMOTE", "DIRECTION", "LOCAL", "AUTH", "TLS", "IDLE_S"
+    );
+    for r in resp.streams {
+        println!(
+            "{:<30} {:<9} {:<24} {:<9} {:<8} {:>6}",
+            r.remote,
+            r.direction,
+            r.local,
+            r.auth,
+            r.tls.as_deref().unwrap_or("none"),
+            r.idle_s
+        );
+    }
+    ExitCode::SUCCESS
 }
 
 fn fail(msg: &str) -> ExitCode {
@@ -174,6 +229,7 @@ async fn user_command(config: &Config, req: Request) -> ExitCode {
         Request::UserAdd { jid, .. } => println!("created {jid}"),
         Request::UserDel { jid } => println!("deleted {jid}"),
         Request::UserPasswd { jid, .. } => println!("password changed for {jid}"),
+        Request::S2sList => {}
     }
     ExitCode::SUCCESS
 }

@@ -29,7 +29,7 @@ use xmpp_parsers::stanza_error::DefinedCondition as Cond;
 
 use crate::c2s::ClientState;
 use crate::modules::carbons;
-use crate::modules::{presence, IqRequest, IqType, Point, Stage, Target, Verdict};
+use crate::modules::{presence, Crossing, IqRequest, IqType, Point, Stage, Target, Verdict};
 use crate::server::Ctx;
 use crate::sessions::{CopyGroup, Fate};
 use crate::stanza::{self, jid_attr, set_attr, stanza_type, Kind};
@@ -211,17 +211,20 @@ pub fn route(ctx: &Arc<Ctx>, el: Element) -> Pin<Box<dyn Future<Output = ()> + S
     })
 }
 
-async fn to_remote(ctx: &Arc<Ctx>, el: Element, kind: Kind) {
-    // Federation is not part of this server yet: say so to the sender.
-    tracing::debug!(to = el.attr("to"), "stanza for a remote domain");
-    if kind != Kind::Presence {
-        bounce(
-            ctx,
-            &el,
-            Cond::RemoteServerNotFound,
-            Some("this server does not federate with other domains"),
-        )
-        .await;
+async fn to_remote(ctx: &Arc<Ctx>, mut el: Element, _kind: Kind) {
+    // The local side first, as the user sent it (the sender's archive and
+    // journal); then what may cross the border; then the peer's link.
+    if let (Ok(Some(from)), Ok(Some(to))) = (jid_attr(&el, "from"), jid_attr(&el, "to")) {
+        ctx.registry
+            .run_processors(ctx, Stage::BeforeRemote, &from, &to, &mut el)
+            .await;
+    }
+    let Some(el) = ctx.registry.cross(ctx, Crossing::Out, el) else {
+        return;
+    };
+    if let Err(r) = crate::s2s::S2s::send(ctx, el) {
+        let crate::s2s::Refused(el, cond, text) = *r;
+        crate::s2s::bounce(ctx, &el, cond, &text).await;
     }
 }
 

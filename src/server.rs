@@ -36,6 +36,8 @@ pub struct Ctx {
     /// Stream-managed sessions that may be resumed (XEP-0198).
     pub resumable: crate::c2s::sm::Resumable,
     pub tls: TlsSetup,
+    /// Federation, unless `[s2s] enabled = false`.
+    pub s2s: Option<crate::s2s::S2s>,
     pub throttle: AuthThrottle,
     /// Reading limits of an authenticated stream.
     pub limits: xml::Limits,
@@ -135,6 +137,8 @@ pub struct ServerHandle {
     /// Bound addresses (useful when the config asked for port 0).
     pub c2s_addrs: Vec<SocketAddr>,
     pub c2s_direct_tls_addrs: Vec<SocketAddr>,
+    pub s2s_addrs: Vec<SocketAddr>,
+    pub s2s_direct_tls_addrs: Vec<SocketAddr>,
     shutdown_tx: watch::Sender<bool>,
     accept_tasks: Vec<tokio::task::JoinHandle<()>>,
     admin_task: Option<tokio::task::JoinHandle<()>>,
@@ -172,6 +176,21 @@ impl ServerHandle {
         for a in config.c2s_direct_tls_addrs() {
             direct.push(bind(a).await?);
         }
+        let s2s = if config.s2s.enabled {
+            Some(crate::s2s::S2s::new(&config, &tls.identity).map_err(StartError)?)
+        } else {
+            None
+        };
+        let mut s2s_plain = Vec::new();
+        let mut s2s_direct = Vec::new();
+        if s2s.is_some() {
+            for a in config.s2s_addrs() {
+                s2s_plain.push(bind(a).await?);
+            }
+            for a in config.s2s_direct_tls_addrs() {
+                s2s_direct.push(bind(a).await?);
+            }
+        }
         let domain_jid = xmpp_parsers::jid::BareJid::new(&config.domain)
             .map_err(|e| StartError(format!("domain: {e}")))?;
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -197,6 +216,7 @@ impl ServerHandle {
             offline_drains: Default::default(),
             resumable: Default::default(),
             tls,
+            s2s,
             shutdown: shutdown_rx,
             conns: ConnTracker::default(),
             started: std::time::Instant::now(),
@@ -207,6 +227,14 @@ impl ServerHandle {
         let mut handle = ServerHandle {
             c2s_addrs: c2s.iter().filter_map(|l| l.local_addr().ok()).collect(),
             c2s_direct_tls_addrs: direct.iter().filter_map(|l| l.local_addr().ok()).collect(),
+            s2s_addrs: s2s_plain
+                .iter()
+                .filter_map(|l| l.local_addr().ok())
+                .collect(),
+            s2s_direct_tls_addrs: s2s_direct
+                .iter()
+                .filter_map(|l| l.local_addr().ok())
+                .collect(),
             ctx: ctx.clone(),
             shutdown_tx,
             accept_tasks: Vec::new(),
@@ -222,6 +250,17 @@ impl ServerHandle {
                 .accept_tasks
                 .push(tokio::spawn(accept_loop(ctx.clone(), l, true)));
         }
+        for (list, direct_tls) in [(s2s_plain, false), (s2s_direct, true)] {
+            for l in list {
+                handle
+                    .accept_tasks
+                    .push(tokio::spawn(crate::s2s::accept_loop(
+                        ctx.clone(),
+                        l,
+                        direct_tls,
+                    )));
+            }
+        }
         handle
             .accept_tasks
             .push(tokio::spawn(sweep_idle(ctx.clone())));
@@ -229,6 +268,8 @@ impl ServerHandle {
             domain = %ctx.domain,
             c2s = ?handle.c2s_addrs,
             c2s_direct_tls = ?handle.c2s_direct_tls_addrs,
+            s2s = ?handle.s2s_addrs,
+            s2s_direct_tls = ?handle.s2s_direct_tls_addrs,
             cert = %ctx.tls.cert_path.display(),
             "Confab is serving"
         );
@@ -269,6 +310,11 @@ impl ServerHandle {
                 open = self.ctx.connection_count(),
                 "connections still open after 10 s; closing anyway"
             );
+        }
+        if let Some(s2s) = &self.ctx.s2s {
+            // Links end; what they could not send bounces to local users
+            // (into their offline storage) before the store's last flush.
+            s2s.shutdown().await;
         }
         if let Err(e) = self.ctx.stores.closer.flush().await {
             tracing::error!(error = %e, "final flush failed");

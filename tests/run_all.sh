@@ -3,20 +3,40 @@
 #   formatting, clippy, unit + integration tests (cargo test), interop
 #   scenarios with real third-party software (interop/run.sh).
 # Installs what the tests need when it is missing (Debian's python3-slixmpp
-# for /usr/bin/python3). One cargo profile (release) for everything, so the
+# for /usr/bin/python3; prosody, lua-unbound and ejabberd as federation
+# partners) and puts the interop lab's names in /etc/hosts
+# (interop/lab/hosts.sh). One cargo profile (release) for everything, so the
 # stack is built once and shared by the tests, the interop run and the
 # README's `cargo run --release -- serve`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
 need_pkgs=()
 /usr/bin/python3 -c 'import slixmpp' 2>/dev/null || need_pkgs+=(python3-slixmpp)
+# What interop/lab/prosody.sh and ejabberd.sh run. lua-unbound is only
+# recommended by prosody, but without it Prosody ignores /etc/hosts.
+command -v prosody >/dev/null || need_pkgs+=(prosody)
+dpkg -s lua-unbound >/dev/null 2>&1 || need_pkgs+=(lua-unbound)
+command -v erl >/dev/null && compgen -G '/usr/lib/*/ejabberd-*/ebin' >/dev/null || need_pkgs+=(ejabberd)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
     echo "== installing ${need_pkgs[*]}"
-    sudo=""
-    [ "$(id -u)" -eq 0 ] || sudo="sudo"
     $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null
     $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need_pkgs[@]}" >/dev/null
+    # The packages may start system servers bound to every address, which
+    # takes the lab's ports: stop them (the lab runs its own, by PID).
+    # `service ejabberd stop` with no node running would start an epmd.
+    if [[ " ${need_pkgs[*]} " == *" prosody "* ]]; then
+        $sudo service prosody stop >/dev/null 2>&1 || true
+    fi
+    if [[ " ${need_pkgs[*]} " == *" ejabberd "* ]] && pgrep -u ejabberd beam >/dev/null 2>&1; then
+        $sudo service ejabberd stop >/dev/null 2>&1 || true
+    fi
+fi
+if ! interop/lab/hosts.sh --check >/dev/null 2>&1; then
+    echo "== adding the interop lab's names to /etc/hosts"
+    $sudo interop/lab/hosts.sh
 fi
 
 echo "== cargo fmt --check"

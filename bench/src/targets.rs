@@ -133,7 +133,7 @@ pub struct Running {
 }
 
 fn peers_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("peers")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../interop/lab")
 }
 
 fn script(kind: Kind) -> PathBuf {
@@ -367,7 +367,7 @@ impl Running {
                     &cfg,
                     format!(
                         "domain = \"{domain}\"\ndata_dir = \"{data}\"\n\
-                         [listen]\nc2s = [\"{addr}\"]\nc2s_direct_tls = []\n\
+                         [listen]\nc2s = [\"{addr}\"]\nc2s_direct_tls = []\ns2s = []\n\
                          [tls]\ncert = \"{certs}/{domain}.crt\"\nkey = \"{certs}/{domain}.key\"\n\
                          [limits]\nc2s_bytes_per_sec = 104857600\nsession_queue = 8192\nmax_connections_per_ip = 0\n\
                          auth_failures_per_ip = 1000000\nnegotiation_timeout_secs = 120\n\

@@ -14,6 +14,7 @@ use crate::store::BoxFuture;
 
 mod csi;
 mod negotiate;
+pub(crate) use negotiate::{read_failure, Fail};
 mod session;
 pub mod sm;
 

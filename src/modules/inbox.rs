@@ -53,6 +53,7 @@ pub fn register(r: &mut Registry, config: &crate::config::Config) {
     r.iq(NS, false, true, Arc::new(Inbox));
     r.processor(Stage::FromClient, Arc::new(Markers));
     r.processor(Stage::BeforeLocalDelivery, Arc::new(Counter));
+    r.processor(Stage::BeforeRemote, Arc::new(Counter));
     r.listener(Arc::new(Hidden));
 }
 
@@ -252,7 +253,7 @@ impl Processor for Counter {
             let (sender, recipient) = (from.bare(), to.bare());
             let hash = id_hash(el.attr("id").unwrap_or(""));
             let rid = stanza_id_for(el, &recipient);
-            if sender != recipient {
+            if sender != recipient && is_local_user(ctx, &recipient) {
                 if let Err(err) = count(ctx, &recipient, &sender, rid, Some(hash)).await {
                     tracing::error!(error = %err, "journal write failed");
                 }

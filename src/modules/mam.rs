@@ -34,6 +34,8 @@ use crate::xml::{ns, writer};
 
 pub fn register(r: &mut Registry, config: &crate::config::Config) {
     r.processor(Stage::FromClient, Arc::new(StripForgedIds));
+    // Other servers cannot forge ids by our JIDs either.
+    r.processor(Stage::FromRemote, Arc::new(StripForgedIds));
     r.server_feature(ns::SID);
     // Clients look for it where the ids come from: the account.
     r.account_feature(ns::SID);
@@ -44,12 +46,12 @@ pub fn register(r: &mut Registry, config: &crate::config::Config) {
         return;
     }
     let cache = Arc::new(PrefsCache::default());
-    r.processor(
-        Stage::BeforeLocalDelivery,
-        Arc::new(Archiver {
-            cache: cache.clone(),
-        }),
-    );
+    let archiver = Arc::new(Archiver {
+        cache: cache.clone(),
+    });
+    r.processor(Stage::BeforeLocalDelivery, archiver.clone());
+    // A message to a remote user is archived for its local sender, as sent.
+    r.processor(Stage::BeforeRemote, archiver);
     r.listener(Arc::new(ForgetPrefs {
         cache: cache.clone(),
     }));
@@ -344,7 +346,9 @@ impl Processor for Archiver {
                 return;
             }
             let mut owners = Vec::with_capacity(2);
-            if archives_for(ctx, &self.cache, &recipient, &sender).await {
+            if is_local_user(ctx, &recipient)
+                && archives_for(ctx, &self.cache, &recipient, &sender).await
+            {
                 owners.push(recipient.clone());
             }
             let for_sender = sender != recipient

@@ -27,6 +27,7 @@ pub mod offline;
 pub mod ping;
 pub mod presence;
 pub mod private;
+pub mod read_status;
 pub mod roster;
 pub mod session;
 pub mod time;
@@ -147,6 +148,28 @@ pub enum Stage {
     /// A stanza about to be delivered to a local user (after the `Deliver`
     /// filters): where messages are archived and get their stanza-id.
     BeforeLocalDelivery,
+    /// A stanza from a local user about to leave for another server, as
+    /// the user sent it (before the border rules): the local side's
+    /// archive and journal.
+    BeforeRemote,
+    /// A stanza that came from another server, after the stream's spoof
+    /// check and the border rules, before routing.
+    FromRemote,
+}
+
+/// The direction a stanza crosses the federation border.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Crossing {
+    /// Leaving for another server.
+    Out,
+    /// Arriving from another server.
+    In,
+}
+
+/// A rule for what may cross the border to or from other servers: it hands
+/// the stanza back (maybe changed) or `None` to drop it.
+pub trait BorderRule: Send + Sync {
+    fn cross(&self, ctx: &Ctx, dir: Crossing, el: Element) -> Option<Element>;
 }
 
 pub trait Processor: Send + Sync {
@@ -329,6 +352,7 @@ pub struct Registry {
     filters: HashMap<Point, Vec<Arc<dyn Filter>>>,
     processors: HashMap<Stage, Vec<Arc<dyn Processor>>>,
     holders: Vec<Arc<dyn Holder>>,
+    border: Vec<Arc<dyn BorderRule>>,
     listeners: Vec<Arc<dyn Listener>>,
     components: HashMap<String, Arc<dyn Component>>,
     shared: Vec<Arc<dyn SharedConversations>>,
@@ -404,6 +428,19 @@ impl Registry {
                 p.process(ctx, from, to, el).await;
             }
         }
+    }
+
+    /// A rule for stanzas crossing the federation border, both ways.
+    pub fn border_rule(&mut self, b: Arc<dyn BorderRule>) {
+        self.border.push(b);
+    }
+
+    /// Apply the border rules, in order: the stanza that crosses, if any.
+    pub fn cross(&self, ctx: &Ctx, dir: Crossing, mut el: Element) -> Option<Element> {
+        for b in &self.border {
+            el = b.cross(ctx, dir, el)?;
+        }
+        Some(el)
     }
 
     pub fn listener(&mut self, l: Arc<dyn Listener>) {
@@ -635,6 +672,7 @@ pub fn registry(config: &crate::config::Config) -> Registry {
     offline::register(&mut r);
     dnd::register(&mut r, config);
     presence::register(&mut r);
+    read_status::register(&mut r);
     crate::pep::register(&mut r);
     crate::muc::register(&mut r, config);
     r

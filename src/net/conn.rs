@@ -28,6 +28,8 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 pub enum Transport {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
+    /// TLS on a connection this server opened (outgoing s2s).
+    TlsClient(Box<tokio_rustls::client::TlsStream<TcpStream>>),
     /// Between taking the TCP stream out for the TLS handshake and putting
     /// the TLS stream back.
     Gone,
@@ -42,6 +44,7 @@ impl AsyncRead for Transport {
         match self.get_mut() {
             Transport::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Transport::TlsClient(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             Transport::Gone => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
         }
     }
@@ -56,6 +59,7 @@ impl AsyncWrite for Transport {
         match self.get_mut() {
             Transport::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Transport::TlsClient(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             Transport::Gone => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
         }
     }
@@ -64,6 +68,7 @@ impl AsyncWrite for Transport {
         match self.get_mut() {
             Transport::Plain(s) => Pin::new(s).poll_flush(cx),
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Transport::TlsClient(s) => Pin::new(s.as_mut()).poll_flush(cx),
             Transport::Gone => Poll::Ready(Ok(())),
         }
     }
@@ -72,6 +77,7 @@ impl AsyncWrite for Transport {
         match self.get_mut() {
             Transport::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Transport::TlsClient(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             Transport::Gone => Poll::Ready(Ok(())),
         }
     }
@@ -183,7 +189,11 @@ impl XmlConn {
 
     /// Start parsing a new stream (after STARTTLS or SASL success).
     pub fn reset_stream(&mut self) {
+        let server = self.reader.is_server_stream();
         self.reader = StreamReader::new(self.reader.limits());
+        if server {
+            self.reader.set_server_stream();
+        }
         self.frames.clear();
         self.pending_error = None;
     }
@@ -195,7 +205,40 @@ impl XmlConn {
     }
 
     pub fn is_tls(&self) -> bool {
-        matches!(self.io, Transport::Tls(_))
+        matches!(self.io, Transport::Tls(_) | Transport::TlsClient(_))
+    }
+
+    /// Read this connection as a server-to-server stream (`jabber:server`
+    /// stanzas come out as `jabber:client`), from now on and after every
+    /// stream restart.
+    pub fn set_server_stream(&mut self) {
+        self.reader.set_server_stream();
+    }
+
+    /// TLS handshake as the client, on a connection this server opened.
+    pub async fn upgrade_tls_client(
+        &mut self,
+        config: Arc<rustls::ClientConfig>,
+        name: rustls::pki_types::ServerName<'static>,
+    ) -> io::Result<()> {
+        let Transport::Plain(tcp) = std::mem::replace(&mut self.io, Transport::Gone) else {
+            return Err(io::Error::other("TLS upgrade on a non-plain connection"));
+        };
+        let connector = tokio_rustls::TlsConnector::from(config);
+        let tls = connector.connect(name, tcp).await?;
+        self.io = Transport::TlsClient(Box::new(tls));
+        self.reset_stream();
+        Ok(())
+    }
+
+    /// The certificate chain the peer presented in TLS, if any.
+    pub fn peer_certificates(&self) -> Option<Vec<rustls::pki_types::CertificateDer<'static>>> {
+        let certs = match &self.io {
+            Transport::Tls(s) => s.get_ref().1.peer_certificates(),
+            Transport::TlsClient(s) => s.get_ref().1.peer_certificates(),
+            _ => None,
+        }?;
+        Some(certs.iter().map(|c| c.clone().into_owned()).collect())
     }
 
     /// TLS handshake on the current TCP stream.
@@ -212,19 +255,21 @@ impl XmlConn {
 
     /// Negotiated TLS version and ALPN protocol, for the log.
     pub fn tls_info(&self) -> Option<(String, Option<String>)> {
-        match &self.io {
+        let (version, alpn) = match &self.io {
             Transport::Tls(s) => {
                 let c = s.get_ref().1;
-                Some((
-                    c.protocol_version()
-                        .map(|v| format!("{v:?}"))
-                        .unwrap_or_default(),
-                    c.alpn_protocol()
-                        .map(|p| String::from_utf8_lossy(p).into_owned()),
-                ))
+                (c.protocol_version(), c.alpn_protocol())
             }
-            _ => None,
-        }
+            Transport::TlsClient(s) => {
+                let c = s.get_ref().1;
+                (c.protocol_version(), c.alpn_protocol())
+            }
+            _ => return None,
+        };
+        Some((
+            version.map(|v| format!("{v:?}")).unwrap_or_default(),
+            alpn.map(|p| String::from_utf8_lossy(p).into_owned()),
+        ))
     }
 
     /// Channel bindings available on this connection. tls-exporter is only

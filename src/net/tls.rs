@@ -21,13 +21,15 @@ pub struct TlsSetup {
     pub server_end_point: Vec<u8>,
     /// Where the certificate came from (for the log).
     pub cert_path: PathBuf,
+    /// The certificate and key (for the server-to-server configurations).
+    pub identity: Identity,
 }
 
 /// ring, with AES-128-GCM preferred: as strong as needed for XMPP and
 /// cheaper per handshake (SHA-256 key schedule, hardware-accelerated)
 /// and per byte than AES-256 with SHA-384. Everything ring offers stays
 /// available to clients that want it.
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     use rustls::CipherSuite as C;
     let mut p = rustls::crypto::ring::default_provider();
     let rank = |s: &rustls::SupportedCipherSuite| match s.suite() {
@@ -68,7 +70,8 @@ fn generate(domain: &str, cert_path: &Path, key_path: &Path) -> Result<(), Strin
     Ok(())
 }
 
-fn write_private(path: &Path, data: &[u8]) -> Result<(), String> {
+/// Write a file only its owner may read.
+pub fn write_private(path: &Path, data: &[u8]) -> Result<(), String> {
     use std::io::Write;
     #[cfg(unix)]
     use std::os::unix::fs::OpenOptionsExt;
@@ -83,21 +86,59 @@ fn write_private(path: &Path, data: &[u8]) -> Result<(), String> {
         .map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
-pub fn setup(config: &Config) -> Result<TlsSetup, String> {
-    let (cert_path, key_path) = match &config.tls {
-        Some(t) => (t.cert.clone(), t.key.clone()),
-        None => {
-            let (c, k) = generated_paths(&config.data_dir, &config.domain);
-            if !c.exists() || !k.exists() {
-                generate(&config.domain, &c, &k)?;
+/// The server's certificate chain and key, as configured or generated.
+pub struct Identity {
+    pub certs: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+    pub cert_path: PathBuf,
+}
+
+impl Identity {
+    pub fn load(config: &Config) -> Result<Identity, String> {
+        let (cert_path, key_path) = match &config.tls {
+            Some(t) => (t.cert.clone(), t.key.clone()),
+            None => {
+                let (c, k) = generated_paths(&config.data_dir, &config.domain);
+                if !c.exists() || !k.exists() {
+                    generate(&config.domain, &c, &k)?;
+                }
+                (c, k)
             }
-            (c, k)
+        };
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert_path)
+            .map_err(|e| format!("tls.cert: cannot read {}: {e}", cert_path.display()))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("tls.cert: bad PEM in {}: {e}", cert_path.display()))?;
+        if certs.is_empty() {
+            return Err(format!(
+                "tls.cert: no certificate in {}",
+                cert_path.display()
+            ));
         }
-    };
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert_path)
-        .map_err(|e| format!("tls.cert: cannot read {}: {e}", cert_path.display()))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("tls.cert: bad PEM in {}: {e}", cert_path.display()))?;
+        let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|e| {
+            format!(
+                "tls.key: cannot read a private key from {}: {e}",
+                key_path.display()
+            )
+        })?;
+        Ok(Identity {
+            certs,
+            key,
+            cert_path,
+        })
+    }
+}
+
+/// The versions every TLS configuration of the server allows.
+pub const VERSIONS: &[&rustls::SupportedProtocolVersion] =
+    &[&rustls::version::TLS13, &rustls::version::TLS12];
+
+pub fn setup(config: &Config) -> Result<TlsSetup, String> {
+    let Identity {
+        certs,
+        key,
+        cert_path,
+    } = Identity::load(config)?;
     let Some(leaf) = certs.first() else {
         return Err(format!(
             "tls.cert: no certificate in {}",
@@ -105,18 +146,12 @@ pub fn setup(config: &Config) -> Result<TlsSetup, String> {
         ));
     };
     let server_end_point = Sha256::digest(leaf.as_ref()).to_vec();
-    let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|e| {
-        format!(
-            "tls.key: cannot read a private key from {}: {e}",
-            key_path.display()
-        )
-    })?;
 
     let base = ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .with_protocol_versions(VERSIONS)
         .map_err(|e| format!("TLS setup: {e}"))?
         .with_no_client_auth()
-        .with_single_cert(certs, key)
+        .with_single_cert(certs.clone(), key.clone_key())
         .map_err(|e| format!("tls: certificate and key do not fit together: {e}"))?;
     let mut base = base;
     base.ignore_client_order = true;
@@ -130,6 +165,11 @@ pub fn setup(config: &Config) -> Result<TlsSetup, String> {
         starttls: Arc::new(base),
         direct: Arc::new(direct),
         server_end_point,
+        identity: Identity {
+            certs,
+            key,
+            cert_path: cert_path.clone(),
+        },
         cert_path,
     })
 }

@@ -57,6 +57,11 @@ pub mod ns {
     pub const XML: &str = "http://www.w3.org/XML/1998/namespace";
     pub const STREAM: &str = "http://etherx.jabber.org/streams";
     pub const CLIENT: &str = "jabber:client";
+    pub const SERVER: &str = "jabber:server";
+    pub const DIALBACK: &str = "jabber:server:dialback";
+    pub const DIALBACK_FEATURE: &str = "urn:xmpp:features:dialback";
+    pub const BIDI: &str = "urn:xmpp:bidi";
+    pub const BIDI_FEATURE: &str = "urn:xmpp:features:bidi";
     pub const STREAMS: &str = "urn:ietf:params:xml:ns:xmpp-streams";
     pub const STANZAS: &str = "urn:ietf:params:xml:ns:xmpp-stanzas";
     pub const TLS: &str = "urn:ietf:params:xml:ns:xmpp-tls";

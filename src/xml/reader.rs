@@ -254,6 +254,9 @@ pub struct StreamReader {
     pending_memory: usize,
     closed: bool,
     failed: Option<ReadError>,
+    /// A server-to-server stream: `jabber:server` elements are read as
+    /// `jabber:client`, the namespace every stanza has inside the server.
+    server: bool,
 }
 
 impl StreamReader {
@@ -274,7 +277,18 @@ impl StreamReader {
             pending_memory: 0,
             closed: false,
             failed: None,
+            server: false,
         }
+    }
+
+    /// Read a server-to-server stream: its `jabber:server` stanzas come out
+    /// in `jabber:client`, as every stanza is inside the server.
+    pub fn set_server_stream(&mut self) {
+        self.server = true;
+    }
+
+    pub fn is_server_stream(&self) -> bool {
+        self.server
     }
 
     /// Change the limits from the next top-level element on (a stream
@@ -502,7 +516,12 @@ impl StreamReader {
                     self.pending_memory = 0;
                 } else {
                     self.charge(ns.len() + NAMESPACE_COST)?;
-                    let mut el = Element::bare(head.local.as_str(), ns.as_str());
+                    let ns = if self.server && ns.as_str() == ns::SERVER {
+                        ns::CLIENT
+                    } else {
+                        ns.as_str()
+                    };
+                    let mut el = Element::bare(head.local.as_str(), ns);
                     *el.attrs_mut() = attrs;
                     self.stack.push(el);
                 }

@@ -51,11 +51,12 @@ pub fn escape_attr(s: &str, out: &mut Vec<u8>) {
     out.extend_from_slice(&s.as_bytes()[last..]);
 }
 
-fn write_head(el: &Element, parent_ns: &str, out: &mut Vec<u8>) {
+fn write_head(el: &Element, parent_ns: &str, client_as: &str, out: &mut Vec<u8>) {
     out.push(b'<');
     out.extend_from_slice(el.name().as_bytes());
     let ns = el.ns();
-    write_attrs(el, &ns, parent_ns, out);
+    let ns = if ns == ns::CLIENT { client_as } else { &ns };
+    write_attrs(el, ns, parent_ns, out);
 }
 
 fn write_attrs(el: &Element, ns: &str, parent_ns: &str, out: &mut Vec<u8>) {
@@ -94,26 +95,78 @@ fn write_attrs(el: &Element, ns: &str, parent_ns: &str, out: &mut Vec<u8>) {
 /// Serialize `el` as a child of an element whose default namespace is
 /// `parent_ns`.
 pub fn write_element(el: &Element, parent_ns: &str, out: &mut Vec<u8>) {
+    write_element_as(el, parent_ns, ns::CLIENT, out)
+}
+
+/// Serialize a stanza for a server-to-server stream: `jabber:client`
+/// elements are written in `jabber:server`, the stream's namespace.
+pub fn to_server_bytes(el: &Element) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    write_element_as(el, ns::SERVER, ns::SERVER, &mut out);
+    out
+}
+
+/// Serialize a top-level element of a server-to-server stream: stanzas in
+/// `jabber:server`; dialback elements with the `db:` prefix the stream
+/// header declares (XEP-0220 §2.4: ejabberd, whose parser is not
+/// namespace-aware, knows them only by that name); the rest as usual.
+pub fn to_s2s_bytes(el: &Element) -> Vec<u8> {
+    if el.ns() != ns::DIALBACK {
+        return to_server_bytes(el);
+    }
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(b"<db:");
+    out.extend_from_slice(el.name().as_bytes());
+    // Its children are in the stream's namespace, as the prefix leaves it.
+    write_attrs(el, ns::SERVER, ns::SERVER, &mut out);
+    if el.nodes().next().is_none() {
+        out.extend_from_slice(b"/>");
+        return out;
+    }
+    out.push(b'>');
+    for node in el.nodes() {
+        match node {
+            Node::Text(t) => escape_text(t, &mut out),
+            Node::Element(child) => write_element_as(child, ns::SERVER, ns::SERVER, &mut out),
+        }
+    }
+    out.extend_from_slice(b"</db:");
+    out.extend_from_slice(el.name().as_bytes());
+    out.push(b'>');
+    out
+}
+
+/// Serialize `el` as a child of an element whose default namespace is
+/// `parent_ns`, writing `jabber:client` elements as `client_as`.
+fn write_element_as(el: &Element, parent_ns: &str, client_as: &str, out: &mut Vec<u8>) {
     // Each stack entry: an open element, its children iterator, its ns.
     let mut stack: Vec<(&Element, minidom::element::Nodes<'_>, String)> = Vec::new();
-    write_head(el, parent_ns, out);
+    write_head(el, parent_ns, client_as, out);
     if el.nodes().next().is_none() {
         out.extend_from_slice(b"/>");
         return;
     }
     out.push(b'>');
-    stack.push((el, el.nodes(), el.ns()));
+    let mapped = |e: &Element| {
+        let n = e.ns();
+        if n == ns::CLIENT {
+            client_as.to_string()
+        } else {
+            n
+        }
+    };
+    stack.push((el, el.nodes(), mapped(el)));
     while let Some((cur, nodes, cur_ns)) = stack.last_mut() {
         match nodes.next() {
             Some(Node::Text(t)) => escape_text(t, out),
             Some(Node::Element(child)) => {
                 let parent_ns = cur_ns.clone();
-                write_head(child, &parent_ns, out);
+                write_head(child, &parent_ns, client_as, out);
                 if child.nodes().next().is_none() {
                     out.extend_from_slice(b"/>");
                 } else {
                     out.push(b'>');
-                    stack.push((child, child.nodes(), child.ns()));
+                    stack.push((child, child.nodes(), mapped(child)));
                 }
             }
             None => {
@@ -192,6 +245,25 @@ pub fn stream_header(
     out.extend_from_slice(b"' version='1.0' xml:lang='");
     escape_attr(lang, &mut out);
     out.extend_from_slice(b"'>");
+    out
+}
+
+/// The opening stream tag of a server-to-server stream (RFC 6120 §4.7,
+/// XEP-0220 §2.4: the dialback prefix is declared on it). The initiating
+/// server sends no `id`.
+pub fn s2s_stream_header(from: &str, to: &str, id: Option<&str>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(
+        b"<?xml version='1.0'?><stream:stream xmlns='jabber:server' xmlns:db='jabber:server:dialback' xmlns:stream='http://etherx.jabber.org/streams' from='",
+    );
+    escape_attr(from, &mut out);
+    out.extend_from_slice(b"' to='");
+    escape_attr(to, &mut out);
+    if let Some(id) = id {
+        out.extend_from_slice(b"' id='");
+        escape_attr(id, &mut out);
+    }
+    out.extend_from_slice(b"' version='1.0'>");
     out
 }
 

@@ -51,7 +51,7 @@ fn write_config(dir: &std::path::Path, data: &std::path::Path) -> std::path::Pat
     std::fs::write(
         &p,
         format!(
-            "domain = \"localhost\"\ndata_dir = \"{}\"\n[listen]\nc2s = [\"127.0.0.1:0\"]\nc2s_direct_tls = []\n",
+            "domain = \"localhost\"\ndata_dir = \"{}\"\n[listen]\nc2s = [\"127.0.0.1:0\"]\nc2s_direct_tls = []\ns2s = []\n",
             data.display()
         ),
     )

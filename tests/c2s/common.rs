@@ -67,6 +67,8 @@ impl TestServer {
             listen: confab::config::Listen {
                 c2s: vec!["127.0.0.1:0".into()],
                 c2s_direct_tls: vec!["127.0.0.1:0".into()],
+                s2s: vec![],
+                s2s_direct_tls: vec![],
             },
             ..Config::default()
         };

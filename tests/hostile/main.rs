@@ -68,7 +68,7 @@ impl ProcServer {
             &config,
             format!(
                 "domain = \"localhost\"\ndata_dir = \"{}\"\n\
-                 [listen]\nc2s = [\"127.0.0.1:{port}\"]\nc2s_direct_tls = [\"127.0.0.1:{tls_port}\"]\n\
+                 [listen]\nc2s = [\"127.0.0.1:{port}\"]\nc2s_direct_tls = [\"127.0.0.1:{tls_port}\"]\ns2s = []\n\
                  [limits]\nnegotiation_timeout_secs = {NEGOTIATION_SECS}\n{limits}\n\
                  [log]\nlevel = \"warn\"\n{tables}\n",
                 dir.path().join("data").display()

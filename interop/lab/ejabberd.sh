@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # ejabberd.sh — a throw-away ejabberd (Debian package, 23.01) for interop tests.
-# (Copied from the interop lab for the benchmark; changes: no limit on
+# (Shared by interop/ and bench/; beyond the shared lab script: no limit on
 # how often one address may register, so the benchmark can create its
 # users in-band; EJABBERD_BACKLOG sets the c2s listen backlog, whose
 # default of 5 drops connection attempts under a burst of logins. The

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # prosody.sh — a throw-away Prosody (Debian package, 0.12) for interop tests.
-# (Copied from the interop lab for the benchmark; adds PROSODY_BACKLOG,
+# (Shared by interop/ and bench/; beyond the shared lab script it adds PROSODY_BACKLOG,
 # the listen backlog, 128 by default, and PROSODY_NAGLE=false, which sets
 # TCP_NODELAY: with Nagle on, Prosody's replies wait for the peer's
 # delayed ACK, ~40 ms each on loopback. The bench runs it with the

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # cert.sh — issue a TLS certificate from the interop lab's own CA.
-# (Copied from the interop lab for the benchmark; adds CERT_KEY=ec.)
+# (Shared by interop/ and bench/; beyond the shared lab script it adds CERT_KEY=ec.)
 #
 #   cert.sh OUTDIR NAME [NAME...]
 #

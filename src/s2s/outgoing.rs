@@ -1,0 +1,547 @@
+//! Outgoing streams: one link per (local domain, remote domain), opened
+//! on the first stanza, reused for everything after it, closed when idle.
+//! Also the short streams that check a dialback key with a peer's
+//! authoritative server (XEP-0220 §2.3).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use minidom::Element;
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use xmpp_parsers::stanza_error::DefinedCondition as Cond;
+
+use super::{bounce, may_skip_cert, Auth, Direction, S2s};
+use crate::net::conn::{ConnError, XmlConn};
+use crate::server::Ctx;
+use crate::stanza::element;
+use crate::xml::{ns, writer, Frame};
+
+/// How long one TCP connect may take.
+const TCP_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most bytes written in one go when stanzas queue up.
+const BATCH_BYTES: usize = 64 * 1024;
+
+/// Why a peer could not be reached or would not have us.
+#[derive(Debug, Clone)]
+pub(super) struct Failure {
+    pub cond: Cond,
+    pub text: String,
+}
+
+impl Failure {
+    fn not_found(text: impl Into<String>) -> Failure {
+        Failure {
+            cond: Cond::RemoteServerNotFound,
+            text: text.into(),
+        }
+    }
+
+    fn timeout(text: impl Into<String>) -> Failure {
+        Failure {
+            cond: Cond::RemoteServerTimeout,
+            text: text.into(),
+        }
+    }
+}
+
+/// Read and write speed allowed on one s2s stream: it carries many users'
+/// traffic, so far more than one client's.
+pub(super) fn stream_rate(ctx: &Ctx) -> usize {
+    (ctx.config.limits.c2s_bytes_per_sec.saturating_mul(16)).max(4 << 20)
+}
+
+fn new_conn(ctx: &Ctx, tcp: TcpStream, peer: SocketAddr) -> Box<XmlConn> {
+    let rate = stream_rate(ctx);
+    let mut conn = Box::new(XmlConn::new(
+        tcp,
+        peer,
+        ctx.limits,
+        rate,
+        (rate * 2).max(ctx.limits.max_stanza_bytes * 2),
+    ));
+    conn.set_server_stream();
+    conn
+}
+
+/// The next element, or why the stream is over.
+async fn next_element(conn: &mut XmlConn) -> Result<Element, Failure> {
+    match conn.read_frame().await {
+        Ok(Frame::Element(el)) => {
+            if el.is("error", ns::STREAM) {
+                let cond = el
+                    .children()
+                    .find(|c| c.ns() == ns::STREAMS && c.name() != "text")
+                    .map(|c| c.name().to_string())
+                    .unwrap_or_default();
+                return Err(Failure::not_found(format!(
+                    "the peer sent a stream error: {cond}"
+                )));
+            }
+            Ok(el)
+        }
+        Ok(Frame::Header(_)) => Err(Failure::not_found("unexpected stream header")),
+        Ok(Frame::Close) => Err(Failure::not_found("the peer closed the stream")),
+        Err(ConnError::Xml(e)) => Err(Failure::not_found(format!("bad XML from the peer: {e}"))),
+        Err(e) => Err(Failure::not_found(format!("connection failed: {e}"))),
+    }
+}
+
+/// A stream to a peer, TLS up (when required), not yet authenticated.
+struct Opened {
+    conn: Box<XmlConn>,
+    features: Element,
+    stream_id: String,
+    cert_valid: bool,
+}
+
+/// Send our header and read the peer's header and features.
+async fn restart(
+    conn: &mut XmlConn,
+    local: &str,
+    remote: &str,
+) -> Result<(String, Element), Failure> {
+    conn.write_all(&writer::s2s_stream_header(local, remote, None))
+        .await
+        .map_err(|e| Failure::not_found(format!("connection failed: {e}")))?;
+    let header = match conn.read_frame().await {
+        Ok(Frame::Header(h)) => h,
+        Ok(_) => return Err(Failure::not_found("the peer sent no stream header")),
+        Err(e) => return Err(Failure::not_found(format!("connection failed: {e}"))),
+    };
+    if header.element_ns != ns::STREAM || header.element_name != "stream" {
+        return Err(Failure::not_found(
+            "the peer's stream header is not an XMPP stream",
+        ));
+    }
+    if header.default_ns.as_deref() != Some(ns::SERVER) {
+        return Err(Failure::not_found("the peer's stream is not jabber:server"));
+    }
+    let id = header.id.unwrap_or_default();
+    if header.version.as_deref() != Some("1.0") {
+        // Pre-RFC 3920 servers have no features: dialback only.
+        return Ok((id, Element::bare("features", ns::STREAM)));
+    }
+    let features = next_element(conn).await?;
+    if !features.is("features", ns::STREAM) {
+        return Err(Failure::not_found("the peer sent no stream features"));
+    }
+    Ok((id, features))
+}
+
+fn server_name(remote: &str) -> Result<ServerName<'static>, Failure> {
+    ServerName::try_from(remote.to_string())
+        .map_err(|_| Failure::not_found(format!("{remote} is not a valid server name")))
+}
+
+/// One connection attempt to `addr`.
+async fn attempt(
+    ctx: &Ctx,
+    s2s: &S2s,
+    local: &str,
+    remote: &str,
+    addr: SocketAddr,
+    direct_tls: bool,
+) -> Result<Opened, Failure> {
+    let tcp = match tokio::time::timeout(TCP_CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => return Err(Failure::not_found(format!("cannot connect to {addr}: {e}"))),
+        Err(_) => return Err(Failure::timeout(format!("no answer from {addr}"))),
+    };
+    let mut conn = new_conn(ctx, tcp, addr);
+    if direct_tls {
+        conn.upgrade_tls_client(s2s.tls.client.clone(), server_name(remote)?)
+            .await
+            .map_err(|e| Failure::not_found(format!("TLS with {addr} failed: {e}")))?;
+    }
+    let (mut id, mut features) = restart(&mut conn, local, remote).await?;
+    if !conn.is_tls() {
+        if features.has_child("starttls", ns::TLS) {
+            conn.write_all(&writer::to_s2s_bytes(&element("starttls", ns::TLS, &[])))
+                .await
+                .map_err(|e| Failure::not_found(format!("connection failed: {e}")))?;
+            let answer = next_element(&mut conn).await?;
+            if !answer.is("proceed", ns::TLS) || !conn.is_drained() {
+                return Err(Failure::not_found("the peer refused STARTTLS"));
+            }
+            conn.upgrade_tls_client(s2s.tls.client.clone(), server_name(remote)?)
+                .await
+                .map_err(|e| Failure::not_found(format!("TLS with {addr} failed: {e}")))?;
+            (id, features) = restart(&mut conn, local, remote).await?;
+        } else if ctx.config.s2s.require_encryption {
+            return Err(Failure::not_found(format!("{remote} offers no TLS")));
+        }
+    }
+    let cert_valid = conn
+        .peer_certificates()
+        .is_some_and(|c| s2s.tls.peers.valid_for(remote, &c));
+    Ok(Opened {
+        conn,
+        features,
+        stream_id: id,
+        cert_valid,
+    })
+}
+
+/// Resolve and connect, trying each target and address in turn.
+async fn open(ctx: &Ctx, s2s: &S2s, local: &str, remote: &str) -> Result<Opened, Failure> {
+    let targets = s2s
+        .resolver
+        .targets(remote, &ctx.config.s2s.hosts)
+        .await
+        .map_err(|e| Failure::not_found(e.0))?;
+    let mut last = Failure::not_found(format!("{remote} has no server"));
+    for t in targets {
+        let ips = match s2s.resolver.addresses(&t.host).await {
+            Ok(ips) => ips,
+            Err(e) => {
+                last = Failure::not_found(e.0);
+                continue;
+            }
+        };
+        for ip in ips {
+            match attempt(
+                ctx,
+                s2s,
+                local,
+                remote,
+                SocketAddr::new(ip, t.port),
+                t.direct_tls,
+            )
+            .await
+            {
+                Ok(o) => return Ok(o),
+                Err(f) => {
+                    tracing::debug!(%remote, host = %t.host, port = t.port, direct_tls = t.direct_tls, reason = %f.text, "s2s attempt failed");
+                    last = f;
+                }
+            }
+        }
+    }
+    Err(last)
+}
+
+/// SASL EXTERNAL (RFC 6120 §6.4, XEP-0178 §4): whether the peer accepted
+/// our certificate for `local`.
+async fn external(s: &mut Opened, local: &str, remote: &str) -> Result<bool, Failure> {
+    let mut auth = element("auth", ns::SASL, &[("mechanism", "EXTERNAL")]);
+    auth.append_text(base64::engine::general_purpose::STANDARD.encode(local));
+    s.conn
+        .write_all(&writer::to_s2s_bytes(&auth))
+        .await
+        .map_err(|e| Failure::not_found(format!("connection failed: {e}")))?;
+    let answer = next_element(&mut s.conn).await?;
+    if answer.is("success", ns::SASL) {
+        s.conn.reset_stream();
+        let (id, features) = restart(&mut s.conn, local, remote).await?;
+        s.stream_id = id;
+        s.features = features;
+        return Ok(true);
+    }
+    tracing::debug!(%remote, "SASL EXTERNAL refused; trying dialback");
+    Ok(false)
+}
+
+/// Server Dialback as the originating server (XEP-0220 §2.1).
+async fn dialback(
+    ctx: &Ctx,
+    s2s: &S2s,
+    s: &mut Opened,
+    local: &str,
+    remote: &str,
+) -> Result<(), Failure> {
+    let _ = ctx;
+    if s.stream_id.is_empty() {
+        return Err(Failure::not_found(
+            "the peer's stream has no id: no dialback",
+        ));
+    }
+    let mut result = element("result", ns::DIALBACK, &[("from", local), ("to", remote)]);
+    result.append_text(s2s.dialback.key(remote, local, &s.stream_id));
+    s.conn
+        .write_all(&writer::to_s2s_bytes(&result))
+        .await
+        .map_err(|e| Failure::not_found(format!("connection failed: {e}")))?;
+    loop {
+        let el = next_element(&mut s.conn).await?;
+        if !el.is("result", ns::DIALBACK) {
+            continue;
+        }
+        if el.attr("from") != Some(remote) || el.attr("to") != Some(local) {
+            continue;
+        }
+        return match el.attr("type") {
+            Some("valid") => Ok(()),
+            Some("invalid") => Err(Failure::not_found(format!(
+                "{remote} refused our dialback key"
+            ))),
+            _ => Err(Failure::not_found(format!(
+                "{remote} could not check our dialback key"
+            ))),
+        };
+    }
+}
+
+/// Connect to `remote` and authenticate as `local`.
+async fn connect(
+    ctx: &Ctx,
+    s2s: &S2s,
+    local: &str,
+    remote: &str,
+) -> Result<(Opened, Auth), Failure> {
+    let mut s = open(ctx, s2s, local, remote).await?;
+    if !s.cert_valid && !may_skip_cert(ctx, remote) {
+        return Err(Failure::not_found(format!(
+            "the certificate of {remote} is not valid for it"
+        )));
+    }
+    let offers_external = s
+        .features
+        .get_child("mechanisms", ns::SASL)
+        .is_some_and(|m| {
+            m.children()
+                .any(|c| c.name() == "mechanism" && c.text().trim() == "EXTERNAL")
+        });
+    if offers_external && external(&mut s, local, remote).await? {
+        return Ok((s, Auth::External));
+    }
+    dialback(ctx, s2s, &mut s, local, remote).await?;
+    Ok((s, Auth::Dialback))
+}
+
+/// Check a dialback key with `remote`'s authoritative server, for the
+/// stream `id` it opened to our `local` (XEP-0220 §2.3): valid or not.
+pub(super) async fn verify(
+    ctx: &Ctx,
+    local: &str,
+    remote: &str,
+    id: &str,
+    key: &str,
+) -> Result<bool, Failure> {
+    let Some(s2s) = ctx.s2s.as_ref() else {
+        return Err(Failure::not_found("federation is off"));
+    };
+    let t = Duration::from_secs(ctx.config.s2s.connect_timeout_s);
+    let work = async {
+        let mut s = open(ctx, s2s, local, remote).await?;
+        let mut v = element(
+            "verify",
+            ns::DIALBACK,
+            &[("from", local), ("to", remote), ("id", id)],
+        );
+        v.append_text(key);
+        s.conn
+            .write_all(&writer::to_s2s_bytes(&v))
+            .await
+            .map_err(|e| Failure::not_found(format!("connection failed: {e}")))?;
+        let valid = loop {
+            let el = next_element(&mut s.conn).await?;
+            if el.is("verify", ns::DIALBACK) && el.attr("id") == Some(id) {
+                break el.attr("type") == Some("valid");
+            }
+        };
+        let _ = tokio::time::timeout(
+            Duration::from_secs(2),
+            s.conn.write_all(writer::STREAM_CLOSE),
+        )
+        .await;
+        s.conn.shutdown().await;
+        Ok(valid)
+    };
+    match tokio::time::timeout(t, work).await {
+        Ok(r) => r,
+        Err(_) => Err(Failure::timeout(format!("{remote} did not answer in time"))),
+    }
+}
+
+/// A link task's queue.
+pub(super) struct Queue {
+    pub rx: mpsc::Receiver<Element>,
+    pub gen: u64,
+}
+
+/// How a connected link ended.
+enum End {
+    /// Nothing to send for the idle time, or the last sender is gone.
+    Idle,
+    Shutdown,
+    /// The stream broke; these stanzas were taken from the queue but not
+    /// written.
+    Broken(String, Vec<Element>),
+}
+
+/// The task of one outgoing link.
+pub(super) async fn run(
+    ctx: Arc<Ctx>,
+    local: String,
+    remote: String,
+    queue: Queue,
+    backoff: Duration,
+    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+) {
+    let Some(s2s) = ctx.s2s.as_ref() else {
+        return;
+    };
+    let pair = (local.clone(), remote.clone());
+    let Queue { mut rx, gen } = queue;
+    let mut shutdown = ctx.shutdown_signal();
+    let mut carried: Vec<Element> = Vec::new();
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let t = Duration::from_secs(ctx.config.s2s.connect_timeout_s);
+        let r = tokio::select! {
+            r = tokio::time::timeout(t, connect(&ctx, s2s, &local, &remote)) => match r {
+                Ok(r) => r,
+                Err(_) => Err(Failure::timeout(format!("{remote} did not answer in time"))),
+            },
+            _ = crate::server::shutdown_requested(&mut shutdown) => Err(Failure::timeout("the server is shutting down")),
+        };
+        let (mut s, auth) = match r {
+            Ok(x) => x,
+            Err(f) => {
+                tracing::info!(%local, %remote, reason = %f.text, "s2s: cannot reach the peer; bouncing its queue");
+                s2s.link_failed(&pair, f.cond.clone(), &f.text, backoff);
+                rx.close();
+                for el in carried.drain(..) {
+                    bounce(&ctx, &el, f.cond.clone(), &f.text).await;
+                }
+                while let Some(el) = rx.recv().await {
+                    bounce(&ctx, &el, f.cond.clone(), &f.text).await;
+                }
+                return;
+            }
+        };
+        let sid = s2s.register_stream(Direction::Out, &local, &remote);
+        let tls = s.conn.tls_info().map(|t| t.0);
+        s2s.update_stream(sid, |i| {
+            i.tls(tls);
+            i.authenticated(&local, &remote, auth);
+        });
+        tracing::info!(%local, %remote, ?auth, peer = %s.conn.peer, "s2s: outgoing stream authenticated");
+        let end = pump(
+            &ctx,
+            s2s,
+            sid,
+            &mut s.conn,
+            &mut rx,
+            &mut carried,
+            &mut shutdown,
+        )
+        .await;
+        s2s.unregister_stream(sid);
+        match end {
+            End::Idle | End::Shutdown => {
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    s.conn.write_all(writer::STREAM_CLOSE),
+                )
+                .await;
+                s.conn.shutdown().await;
+                s2s.link_closed(&pair, gen);
+                rx.close();
+                // What came in meanwhile goes through a new link.
+                while let Some(el) = rx.recv().await {
+                    if let Err(r) = S2s::send(&ctx, el) {
+                        let super::Refused(el, cond, text) = *r;
+                        bounce(&ctx, &el, cond, &text).await;
+                    }
+                }
+                return;
+            }
+            End::Broken(why, unsent) => {
+                tracing::info!(%local, %remote, reason = %why, "s2s: outgoing stream broke");
+                s.conn.shutdown().await;
+                carried.extend(unsent);
+                if carried.is_empty() && rx.is_empty() {
+                    s2s.link_closed(&pair, gen);
+                    rx.close();
+                    while let Some(el) = rx.recv().await {
+                        if let Err(r) = S2s::send(&ctx, el) {
+                            let super::Refused(el, cond, text) = *r;
+                            bounce(&ctx, &el, cond, &text).await;
+                        }
+                    }
+                    return;
+                }
+                if tries >= 2 {
+                    let f = Failure::timeout(format!("the stream to {remote} broke: {why}"));
+                    s2s.link_failed(&pair, f.cond.clone(), &f.text, backoff);
+                    rx.close();
+                    for el in carried.drain(..) {
+                        bounce(&ctx, &el, f.cond.clone(), &f.text).await;
+                    }
+                    while let Some(el) = rx.recv().await {
+                        bounce(&ctx, &el, f.cond.clone(), &f.text).await;
+                    }
+                    return;
+                }
+                // One more try for what is waiting.
+            }
+        }
+    }
+}
+
+/// Write what is queued, read what the peer says, until the link ends.
+async fn pump(
+    ctx: &Ctx,
+    s2s: &S2s,
+    sid: u64,
+    conn: &mut XmlConn,
+    rx: &mut mpsc::Receiver<Element>,
+    carried: &mut Vec<Element>,
+    shutdown: &mut tokio::sync::watch::Receiver<bool>,
+) -> End {
+    let idle = Duration::from_secs(ctx.config.s2s.idle_timeout_s);
+    // Stanzas carried over from a broken stream go first.
+    let mut batch: Vec<Element> = std::mem::take(carried);
+    loop {
+        if !batch.is_empty() {
+            let mut out = Vec::new();
+            for el in &batch {
+                out.extend_from_slice(&writer::to_s2s_bytes(el));
+            }
+            if let Err(e) = conn.write_all(&out).await {
+                return End::Broken(format!("write failed: {e}"), batch);
+            }
+            batch.clear();
+            s2s.update_stream(sid, |i| i.touch());
+        }
+        tokio::select! {
+            m = rx.recv() => match m {
+                Some(el) => {
+                    let mut bytes = 0;
+                    batch.push(el);
+                    while bytes < BATCH_BYTES {
+                        match rx.try_recv() {
+                            Ok(el) => {
+                                bytes += 256;
+                                batch.push(el);
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                }
+                None => return End::Idle,
+            },
+            f = conn.read_frame() => match f {
+                Ok(Frame::Element(el)) => {
+                    if el.is("error", ns::STREAM) {
+                        return End::Broken("the peer sent a stream error".into(), Vec::new());
+                    }
+                    // Nothing else is expected on an outgoing stream
+                    // (no XEP-0288 here): ignored.
+                    tracing::debug!(name = el.name(), "s2s: ignoring an element on an outgoing stream");
+                }
+                Ok(Frame::Close) => return End::Broken("the peer closed the stream".into(), Vec::new()),
+                Ok(Frame::Header(_)) => return End::Broken("unexpected stream header".into(), Vec::new()),
+                Err(e) => return End::Broken(e.to_string(), Vec::new()),
+            },
+            _ = tokio::time::sleep(idle) => return End::Idle,
+            _ = crate::server::shutdown_requested(shutdown) => return End::Shutdown,
+        }
+    }
+}
