@@ -129,7 +129,8 @@ impl TestServer {
     /// Log in `user` with SCRAM-SHA-256 over STARTTLS, bind `resource`,
     /// send initial presence unless `quiet`.
     pub async fn login(&self, user: &str, password: &str, resource: &str) -> Client {
-        let c = Client::connect(self.addr(), self.cert_path()).await;
+        let mut c = Client::connect(self.addr(), self.cert_path()).await;
+        c.domain = self.config.domain.clone();
         self.login_on(c, user, password, resource).await
     }
 
@@ -244,6 +245,8 @@ pub struct Client {
     pub jid: String,
     pub closed: bool,
     next_id: u64,
+    /// The domain the client's streams and TLS name (`DOMAIN` unless set).
+    pub domain: String,
 }
 
 /// The client's TLS configuration: trusts exactly the server's certificate.
@@ -307,6 +310,7 @@ impl Client {
             jid: String::new(),
             closed: false,
             next_id: 0,
+            domain: DOMAIN.to_string(),
         }
     }
 
@@ -324,7 +328,7 @@ impl Client {
         };
         let connector = tokio_rustls::TlsConnector::from(tls_config(&self.cert, alpn));
         let tls = connector
-            .connect(ServerName::try_from(DOMAIN).unwrap(), tcp)
+            .connect(ServerName::try_from(self.domain.clone()).unwrap(), tcp)
             .await
             .unwrap();
         let chosen = tls.get_ref().1.alpn_protocol().map(|p| p.to_vec());
@@ -494,7 +498,8 @@ impl Client {
 
     /// Open a stream and read the server's header and features.
     pub async fn start_stream(&mut self) {
-        self.start_stream_to(DOMAIN).await;
+        let domain = self.domain.clone();
+        self.start_stream_to(&domain).await;
         match self.frame().await {
             Frame::Element(f) if f.name() == "features" => self.features = Some(f),
             other => panic!("expected features, got {other:?}"),

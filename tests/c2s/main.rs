@@ -18,4 +18,5 @@ mod iq;
 mod muc;
 mod pep;
 mod persist;
+mod s2s;
 mod sm;
