@@ -8,6 +8,7 @@
 mod common;
 mod crash;
 mod review;
+mod s2s;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -32,6 +33,8 @@ struct ProcServer {
     dir: tempfile::TempDir,
     config: PathBuf,
     addr: SocketAddr,
+    /// The s2s listener (each server its own free port).
+    s2s_addr: SocketAddr,
 }
 
 fn free_port() -> u16 {
@@ -63,12 +66,13 @@ impl ProcServer {
         let dir = dir.unwrap_or_else(|| tempfile::tempdir().unwrap());
         let port = free_port();
         let tls_port = free_port();
+        let s2s_port = free_port();
         let config = dir.path().join("confab.toml");
         std::fs::write(
             &config,
             format!(
                 "domain = \"localhost\"\ndata_dir = \"{}\"\n\
-                 [listen]\nc2s = [\"127.0.0.1:{port}\"]\nc2s_direct_tls = [\"127.0.0.1:{tls_port}\"]\ns2s = []\n\
+                 [listen]\nc2s = [\"127.0.0.1:{port}\"]\nc2s_direct_tls = [\"127.0.0.1:{tls_port}\"]\ns2s = [\"127.0.0.1:{s2s_port}\"]\n\
                  [limits]\nnegotiation_timeout_secs = {NEGOTIATION_SECS}\n{limits}\n\
                  [log]\nlevel = \"warn\"\n{tables}\n",
                 dir.path().join("data").display()
@@ -98,6 +102,7 @@ impl ProcServer {
         let s = ProcServer {
             child,
             addr: format!("127.0.0.1:{port}").parse().unwrap(),
+            s2s_addr: format!("127.0.0.1:{s2s_port}").parse().unwrap(),
             config,
             dir,
         };
