@@ -21,6 +21,7 @@ mod inbox;
 mod mam;
 mod room;
 mod rooms;
+mod s2s;
 mod scenarios;
 mod targets;
 
@@ -58,6 +59,9 @@ enum Scenario {
     Room,
     /// Many rooms: memory per idle room, per membership, per occupant.
     Rooms,
+    /// Messages both ways across one s2s link: Confab–Prosody,
+    /// Confab–ejabberd, and Prosody–ejabberd beside them.
+    S2s,
     All,
 }
 
@@ -133,6 +137,17 @@ struct Args {
     /// Rooms whose members all join in the rooms scenario.
     #[arg(long, default_value_t = 50)]
     rooms_active: usize,
+    /// Users on each side of the s2s scenario.
+    #[arg(long, default_value_t = 50)]
+    s2s_users: usize,
+    /// Message rates (both directions together, per second) the s2s
+    /// scenario steps through.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "100,200,500,1000,1500,2000,3000,4000,5000,7500,10000,15000,20000,30000,40000"
+    )]
+    s2s_rates: Vec<u64>,
     /// Queries of each kind in the inbox scenario.
     #[arg(long, default_value_t = 1000)]
     inbox_queries: usize,
@@ -490,6 +505,93 @@ fn cell(v: Option<f64>, prec: usize) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
+/// The s2s scenario for each pair of selected servers.
+async fn run_links(kinds: &[Kind], args: &Args, work: &std::path::Path) -> Vec<s2s::LinkResult> {
+    let pairs = [
+        (Kind::Confab, Kind::Prosody),
+        (Kind::Confab, Kind::Ejabberd),
+        (Kind::Prosody, Kind::Ejabberd),
+    ];
+    let mech = match args.mech {
+        MechArg::Scram => Mech::ScramSha1,
+        MechArg::Plain => Mech::Plain,
+    };
+    let mut out = Vec::new();
+    for (a, b) in pairs {
+        if !kinds.contains(&a) || !kinds.contains(&b) {
+            continue;
+        }
+        eprintln!("== s2s: {} <-> {}", a.name(), b.name());
+        let dir = work.join(format!("s2s-{}-{}", a.name(), b.name()));
+        let (ta, tb) = (s2s::target(a), s2s::target(b));
+        let n = args.s2s_users;
+        let mut sa = match start(a, &dir, n, &ta, args.concurrency).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("   {e}");
+                continue;
+            }
+        };
+        let mut sb = match start(b, &dir, n, &tb, args.concurrency).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("   {e}");
+                sa.stop();
+                continue;
+            }
+        };
+        let r = s2s::link(
+            &sa,
+            &ta,
+            &tb,
+            n,
+            mech,
+            args.concurrency,
+            &args.s2s_rates,
+            args.step_secs,
+        )
+        .await;
+        if let Some(e) = &r.error {
+            eprintln!("   {e}");
+        }
+        sa.stop();
+        sb.stop();
+        out.push(r);
+    }
+    out
+}
+
+fn print_links(links: &[s2s::LinkResult]) {
+    println!(
+        "\nMessages both ways across one s2s link (users on each side write to their counterpart):"
+    );
+    println!(
+        "{:<28} {:>10} {:>16} {:>12} {:>12}",
+        "link", "setup ms", "max msgs/s", "p50 ms", "p99 ms"
+    );
+    for l in links {
+        // The figures of the highest sustainable step.
+        let best = l
+            .steps
+            .iter()
+            .filter(|s| s.sustainable)
+            .max_by_key(|s| s.offered_per_sec);
+        println!(
+            "{:<28} {:>10.0} {:>16} {:>12} {:>12}",
+            format!("{} <-> {}", l.a, l.b),
+            l.link_setup_ms,
+            l.max_sustainable_per_sec,
+            best.map(|s| format!("{:.1}", s.p50_ms))
+                .unwrap_or_else(|| "-".into()),
+            best.map(|s| format!("{:.1}", s.p99_ms))
+                .unwrap_or_else(|| "-".into()),
+        );
+        if let Some(e) = &l.error {
+            println!("  error: {e}");
+        }
+    }
+}
+
 fn print_table(results: &[TargetResult]) {
     let get = |k: Kind| results.iter().find(|r| r.server == k);
     let metric = |k: Kind, f: &dyn Fn(&TargetResult) -> Option<f64>| get(k).and_then(f);
@@ -774,10 +876,17 @@ async fn main() {
         std::process::exit(1);
     }
     let mut results = Vec::new();
-    for k in kinds {
-        results.push(run_target(k, &args, &work).await);
+    if args.scenario != Scenario::S2s {
+        for &k in &kinds {
+            results.push(run_target(k, &args, &work).await);
+        }
+        print_table(&results);
     }
-    print_table(&results);
+    let mut links = Vec::new();
+    if matches!(args.scenario, Scenario::S2s | Scenario::All) {
+        links = run_links(&kinds, &args, &work).await;
+        print_links(&links);
+    }
     let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
     let report = serde_json::json!({
         "date": stamp,
@@ -787,6 +896,7 @@ async fn main() {
             "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
         },
         "results": results,
+        "s2s": links,
     });
     let _ = std::fs::create_dir_all(&args.out);
     let path = args.out.join(format!("{stamp}.json"));

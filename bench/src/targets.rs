@@ -367,17 +367,22 @@ impl Running {
                     &cfg,
                     format!(
                         "domain = \"{domain}\"\ndata_dir = \"{data}\"\n\
-                         [listen]\nc2s = [\"{addr}\"]\nc2s_direct_tls = []\ns2s = []\n\
+                         [listen]\nc2s = [\"{addr}\"]\nc2s_direct_tls = []\ns2s = [\"{s2s}\"]\n\
                          [tls]\ncert = \"{certs}/{domain}.crt\"\nkey = \"{certs}/{domain}.key\"\n\
                          [limits]\nc2s_bytes_per_sec = 104857600\nsession_queue = 8192\nmax_connections_per_ip = 0\n\
                          auth_failures_per_ip = 1000000\nnegotiation_timeout_secs = 120\n\
                          [mam]\nenabled = {mam}\n[inbox]\nenabled = {inbox}\n\
+                         [s2s]\ninsecure_domains = [\"prosody.test\", \"ejabberd.test\"]\n\
                          [log]\nlevel = \"warn\"\n",
                         mam = kind != Kind::ConfabNomam,
                         inbox = kind != Kind::ConfabNoinbox,
                         domain = kind.domain(),
                         data = data.display(),
                         addr = kind.addr(),
+                        // Federation as the peers have it: on their own
+                        // address, dialback with the lab's self-signed
+                        // certificates (each server has its own CA here).
+                        s2s = std::net::SocketAddr::new(kind.addr().ip(), 5269),
                         certs = certs.display(),
                     ),
                 )
