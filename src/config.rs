@@ -164,6 +164,10 @@ pub struct S2s {
     pub connect_timeout_s: u64,
     /// Stanzas queued for one peer while its stream connects.
     pub max_queue: usize,
+    /// Sustained bytes per second read from one s2s stream (it carries
+    /// many users' traffic). Reading pauses beyond it; a peer that stays
+    /// beyond it for 5 s in a row is cut with `policy-violation`.
+    pub bytes_per_sec: usize,
     /// Static addresses for peers ("partner.example" = "10.0.0.5:5269"),
     /// used instead of DNS.
     pub hosts: std::collections::BTreeMap<String, String>,
@@ -180,6 +184,7 @@ impl Default for S2s {
             idle_timeout_s: 600,
             connect_timeout_s: 30,
             max_queue: 1000,
+            bytes_per_sec: 4 << 20,
             hosts: Default::default(),
         }
     }
@@ -441,7 +446,7 @@ impl Config {
             }
         }
         let l = &self.limits;
-        let ranges: [(&str, u64, u64, u64); 24] = [
+        let ranges: [(&str, u64, u64, u64); 25] = [
             (
                 "limits.max_stanza_bytes",
                 l.max_stanza_bytes as u64,
@@ -546,6 +551,12 @@ impl Config {
             ("s2s.idle_timeout_s", self.s2s.idle_timeout_s, 5, 86_400),
             ("s2s.connect_timeout_s", self.s2s.connect_timeout_s, 1, 600),
             ("s2s.max_queue", self.s2s.max_queue as u64, 1, 1_000_000),
+            (
+                "s2s.bytes_per_sec",
+                self.s2s.bytes_per_sec as u64,
+                1024,
+                u64::MAX,
+            ),
         ];
         for (key, v, min, max) in ranges {
             if v < min || v > max {

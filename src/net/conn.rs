@@ -139,6 +139,49 @@ impl RateLimit {
     }
 }
 
+/// Seconds in which reads mostly waited on the rate limit, in a row.
+struct Throttle {
+    second: Instant,
+    waited: Duration,
+    busy: u32,
+}
+
+impl Throttle {
+    fn new() -> Throttle {
+        Throttle {
+            second: Instant::now(),
+            waited: Duration::ZERO,
+            busy: 0,
+        }
+    }
+
+    fn roll(&mut self) {
+        let s = Duration::from_secs(1);
+        let gone = self.second.elapsed();
+        if gone < s {
+            return;
+        }
+        // The second that ended was busy when reads waited half of it;
+        // any later second that passed was not (nothing waited then).
+        self.busy = if self.waited >= s / 2 && gone < 2 * s {
+            self.busy + 1
+        } else {
+            0
+        };
+        self.waited = Duration::ZERO;
+        self.second = if gone < 2 * s {
+            self.second + s
+        } else {
+            Instant::now()
+        };
+    }
+
+    fn waited(&mut self, d: Duration) {
+        self.roll();
+        self.waited += d;
+    }
+}
+
 pub struct XmlConn {
     pub io: Transport,
     pub peer: SocketAddr,
@@ -147,6 +190,8 @@ pub struct XmlConn {
     /// An error found after frames that are still queued.
     pending_error: Option<ReadError>,
     rate: RateLimit,
+    /// How much of the last seconds reads waited on the rate limit.
+    throttle: Throttle,
 }
 
 impl XmlConn {
@@ -167,7 +212,15 @@ impl XmlConn {
             frames: VecDeque::new(),
             pending_error: None,
             rate: RateLimit::new(bytes_per_sec, burst.max(bytes_per_sec)),
+            throttle: Throttle::new(),
         }
+    }
+
+    /// For how many seconds in a row the peer has been sending faster than
+    /// its rate (reads waited on the limiter for most of each second).
+    pub fn throttled_for(&mut self) -> Duration {
+        self.throttle.roll();
+        Duration::from_secs(u64::from(self.throttle.busy))
     }
 
     /// The limits in force (for the stream features' XEP-0478 limits).
@@ -308,6 +361,7 @@ impl XmlConn {
                 return Err(ConnError::Xml(e));
             }
             if let Some(wait) = self.rate.wait() {
+                self.throttle.waited(wait);
                 // Boxed: a timer exists only while a flood is slowed down,
                 // not in the state of every idle session's read.
                 Box::pin(tokio::time::sleep(wait)).await;

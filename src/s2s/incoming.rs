@@ -29,6 +29,10 @@ use crate::server::Ctx;
 use crate::stanza::{element, jid_attr, random_id, stanza_type, Kind};
 use crate::xml::{ns, writer, Frame};
 
+/// A peer held back by its read rate this long without a break is
+/// flooding: its stream ends with `policy-violation`.
+const FLOOD: Duration = Duration::from_secs(5);
+
 /// Incoming s2s streams open at once; beyond it, new ones are refused.
 const MAX_INCOMING: usize = 10_000;
 
@@ -245,6 +249,12 @@ async fn run(
                 }
             };
             s2s.update_stream(st.sid, |i| i.touch());
+            if conn.throttled_for() > FLOOD {
+                return Err(fail(
+                    SC::PolicyViolation,
+                    "flooding: sending faster than the stream's rate for too long",
+                ));
+            }
             if el.is("error", ns::STREAM) {
                 return Err(Fail::PeerError);
             }

@@ -48,10 +48,10 @@ impl Failure {
     }
 }
 
-/// Read and write speed allowed on one s2s stream: it carries many users'
-/// traffic, so far more than one client's.
+/// Sustained bytes per second read from one s2s stream (`[s2s]
+/// bytes_per_sec`).
 pub(super) fn stream_rate(ctx: &Ctx) -> usize {
-    (ctx.config.limits.c2s_bytes_per_sec.saturating_mul(16)).max(4 << 20)
+    ctx.config.s2s.bytes_per_sec
 }
 
 fn new_conn(ctx: &Ctx, tcp: TcpStream, peer: SocketAddr) -> Box<XmlConn> {

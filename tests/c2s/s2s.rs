@@ -265,6 +265,8 @@ async fn spoofed_senders_and_early_stanzas_are_refused() {
     let a = server("a.test", free_port(), &[], move |c| {
         c.tls = Some(confab::config::Tls { cert, key });
         c.s2s.ca_file = Some(ca_file);
+        // Low, so that the flood below is one on any machine.
+        c.s2s.bytes_per_sec = 256 * 1024;
     })
     .await;
     a.add_user("alice", PW).await;
@@ -304,6 +306,59 @@ async fn spoofed_senders_and_early_stanzas_are_refused() {
             is_msg_from(e, "boss@evil.test")
         })
         .await;
+
+    // Authenticated, then flooding: slowed down, then cut.
+    let mut p = RawPeer::connect(addr, "c.test", "a.test", Some(&peer_id)).await;
+    p.starttls("a.test").await;
+    p.open("c.test", "a.test").await;
+    let authzid = base64::engine::general_purpose::STANDARD.encode("c.test");
+    p.send(&format!(
+        "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>{authzid}</auth>"
+    ))
+    .await;
+    assert_eq!(p.element().await.name(), "success");
+    p.open("c.test", "a.test").await;
+    let Io::Tls(tls) = std::mem::replace(&mut p.io, Io::None) else {
+        panic!("no TLS");
+    };
+    let (mut rd, mut wr) = tokio::io::split(*tls);
+    let written = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let w2 = written.clone();
+    let flood = tokio::spawn(async move {
+        let chunk = format!(
+            "<message from='x@c.test' to='nobody@a.test' type='headline'><body>{}</body></message>",
+            "f".repeat(60_000)
+        );
+        let t0 = std::time::Instant::now();
+        while t0.elapsed() < Duration::from_secs(60) {
+            if wr.write_all(chunk.as_bytes()).await.is_err() {
+                break;
+            }
+            w2.fetch_add(chunk.len(), std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    let mut seen = Vec::new();
+    let cut = tokio::time::timeout(Duration::from_secs(60), async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+            if seen.windows(16).any(|w| w == b"policy-violation") {
+                return true;
+            }
+        }
+    })
+    .await;
+    flood.abort();
+    assert_eq!(
+        cut,
+        Ok(true),
+        "{} bytes written: {}",
+        written.load(std::sync::atomic::Ordering::Relaxed),
+        String::from_utf8_lossy(&seen)
+    );
 
     // Claiming another name than the certificate's.
     let mut p = RawPeer::connect(addr, "d.test", "a.test", Some(&peer_id)).await;
