@@ -267,12 +267,27 @@ async fn spoofed_senders_and_early_stanzas_are_refused() {
         c.s2s.ca_file = Some(ca_file);
         // Low, so that the flood below is one on any machine.
         c.s2s.bytes_per_sec = 256 * 1024;
+        c.listen.s2s_direct_tls = vec!["127.0.0.1:0".into()];
     })
     .await;
     a.add_user("alice", PW).await;
     let mut alice = a.online("alice", PW, "phone").await;
     let addr = a.handle().s2s_addrs[0];
     let peer_id = ca.issue(&["c.test"]);
+
+    // Direct TLS (XEP-0368): ALPN xmpp-server, then the same features as
+    // after STARTTLS, SASL EXTERNAL among them for a valid certificate.
+    let mut p = RawPeer::connect_raw(a.handle().s2s_direct_tls_addrs[0]).await;
+    p.client_cert = Some(peer_id.clone());
+    let alpn = p.tls("a.test", Some(b"xmpp-server")).await;
+    assert_eq!(alpn.as_deref(), Some(&b"xmpp-server"[..]));
+    let features = p.open("c.test", "a.test").await;
+    let f = String::from(&features);
+    assert!(
+        f.contains("EXTERNAL") && f.contains("urn:xmpp:features:dialback"),
+        "{f}"
+    );
+    assert!(!f.contains("starttls"), "{f}");
 
     // Authenticated as c.test by its certificate, it sends as evil.test.
     let mut p = RawPeer::connect(addr, "c.test", "a.test", Some(&peer_id)).await;
@@ -527,6 +542,12 @@ impl RawPeer {
         self.send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
             .await;
         assert_eq!(self.element().await.name(), "proceed");
+        self.tls(server, None).await;
+    }
+
+    /// TLS on the connection (after `<proceed/>`, or first of all for
+    /// direct TLS); the ALPN protocol the server chose.
+    async fn tls(&mut self, server: &str, alpn: Option<&[u8]>) -> Option<Vec<u8>> {
         let Io::Plain(tcp) = std::mem::replace(&mut self.io, Io::None) else {
             panic!("TLS twice");
         };
@@ -536,17 +557,22 @@ impl RawPeer {
             .unwrap()
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(AnyCert));
-        let cfg = match &self.client_cert {
+        let mut cfg = match &self.client_cert {
             Some((c, k)) => b
                 .with_client_auth_cert(pem_certs(c), PrivateKeyDer::from_pem_file(k).unwrap())
                 .unwrap(),
             None => b.with_no_client_auth(),
         };
+        if let Some(a) = alpn {
+            cfg.alpn_protocols = vec![a.to_vec()];
+        }
         let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
             .connect(ServerName::try_from(server.to_string()).unwrap(), tcp)
             .await
             .unwrap();
+        let chosen = tls.get_ref().1.alpn_protocol().map(|p| p.to_vec());
         self.io = Io::Tls(Box::new(tls));
+        chosen
     }
 
     async fn send(&mut self, s: &str) {
