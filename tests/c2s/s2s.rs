@@ -678,3 +678,73 @@ impl rustls::client::danger::ServerCertVerifier for AnyCert {
             .supported_schemes()
     }
 }
+
+#[tokio::test]
+async fn remote_contacts_work_like_local_ones() {
+    let (a, b) = two_servers(|me, c| {
+        let other = if me == "a.test" { "b.test" } else { "a.test" };
+        c.s2s.insecure_domains = vec![other.into()];
+    })
+    .await;
+    let mut phone = a.online("alice", PW, "phone").await;
+    let mut laptop = a.online("alice", PW, "laptop").await;
+    laptop
+        .iq("set", None, "<enable xmlns='urn:xmpp:carbons:2'/>")
+        .await;
+
+    // Bob is offline: kept for him on his server, with a delay; alice's
+    // other device gets the sent carbon.
+    phone
+        .send_raw(&chat("bob@b.test", "o1", "while you were out"))
+        .await;
+    let c = laptop
+        .expect_where(|e| e.name() == "message" && e.has_child("sent", "urn:xmpp:carbons:2"))
+        .await;
+    assert!(String::from(&c).contains("while you were out"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut bob = b.login("bob", PW, "desk").await;
+    bob.send_raw("<presence/>").await;
+    let got = bob.expect_where(|e| e.attr("id") == Some("o1")).await;
+    assert_eq!(body(&got).as_deref(), Some("while you were out"));
+    assert!(
+        got.has_child("delay", "urn:xmpp:delay"),
+        "{}",
+        String::from(&got)
+    );
+
+    // Subscriptions across the link, to both, with presence.
+    subscribe(&mut phone, &mut bob, "alice@a.test", "bob@b.test").await;
+    subscribe(&mut bob, &mut phone, "bob@b.test", "alice@a.test").await;
+    let roster = phone
+        .iq("get", None, "<query xmlns='jabber:iq:roster'/>")
+        .await;
+    let sub = roster
+        .get_child("query", "jabber:iq:roster")
+        .and_then(|q| q.children().find(|i| i.attr("jid") == Some("bob@b.test")))
+        .and_then(|i| i.attr("subscription"));
+    assert_eq!(sub, Some("both"), "{}", String::from(&roster));
+
+    // A reply to one device: the other gets the received carbon.
+    bob.send_raw(&chat(&phone.jid, "o2", "back now")).await;
+    phone.expect_where(|e| e.attr("id") == Some("o2")).await;
+    let c = laptop
+        .expect_where(|e| e.name() == "message" && e.has_child("received", "urn:xmpp:carbons:2"))
+        .await;
+    assert!(String::from(&c).contains("back now"));
+
+    // IQs across: the server answers for an account, and a client answers.
+    let v = bob
+        .iq("get", Some("alice@a.test"), "<vCard xmlns='vcard-temp'/>")
+        .await;
+    assert_eq!(v.attr("type"), Some("result"), "{}", String::from(&v));
+    let p = bob
+        .iq("get", Some("a.test"), "<ping xmlns='urn:xmpp:ping'/>")
+        .await;
+    assert_eq!(p.attr("type"), Some("result"), "{}", String::from(&p));
+
+    // Bob leaves: alice's devices see him go.
+    bob.close().await;
+    phone
+        .expect_where(presence_from("bob@b.test", Some("unavailable")))
+        .await;
+}
