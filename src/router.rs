@@ -7,7 +7,12 @@
 //! `FromClient` processors (forged stanza-ids removed) → presence to
 //! `modules::presence`, the rest to route (a message with its `<sent/>`
 //! carbon copies).
-//! route: a component's domain (rooms.) | remote domain | the server (IQ
+//! from a peer server (`s2s::incoming`): the stream's spoof check →
+//! border rules in (`Crossing::In`: read markers removed) → `FromRemote`
+//! processors (forged stanza-ids removed) → route.
+//! route: a component's domain (rooms.) | remote domain: `BeforeRemote`
+//! processors (the sender's archive and journal, as sent) → border rules
+//! out (`Crossing::Out`) → that domain's s2s link | the server (IQ
 //! handlers) | a local user →
 //! `Deliver` filters → `BeforeLocalDelivery` processors (the archive: a
 //! message is archived once, and gets its stanza-id) → full JID: that session | bare JID: message rules
@@ -200,7 +205,7 @@ pub fn route(ctx: &Arc<Ctx>, el: Element) -> Pin<Box<dyn Future<Output = ()> + S
                 c.handle(ctx, el).await;
                 return;
             }
-            to_remote(ctx, el, kind).await;
+            to_remote(ctx, el).await;
             return;
         }
         if to.node().is_none() {
@@ -211,7 +216,7 @@ pub fn route(ctx: &Arc<Ctx>, el: Element) -> Pin<Box<dyn Future<Output = ()> + S
     })
 }
 
-async fn to_remote(ctx: &Arc<Ctx>, mut el: Element, _kind: Kind) {
+async fn to_remote(ctx: &Arc<Ctx>, mut el: Element) {
     // The local side first, as the user sent it (the sender's archive and
     // journal); then what may cross the border; then the peer's link.
     if let (Ok(Some(from)), Ok(Some(to))) = (jid_attr(&el, "from"), jid_attr(&el, "to")) {
