@@ -115,7 +115,9 @@ impl Drop for ConnGuard {
     }
 }
 
-fn admit(ctx: &Arc<Ctx>, ip: IpAddr) -> Option<ConnGuard> {
+/// A slot for a connection from `ip`, unless it has `max_connections_per_ip`
+/// open already (c2s and s2s alike).
+pub(crate) fn admit(ctx: &Arc<Ctx>, ip: IpAddr) -> Option<ConnGuard> {
     let max = ctx.config.limits.max_connections_per_ip;
     let t = &ctx.conns;
     let mut m = t.per_ip.lock().unwrap_or_else(|p| p.into_inner());

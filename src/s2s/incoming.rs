@@ -51,9 +51,16 @@ pub async fn accept_loop(ctx: Arc<Ctx>, listener: TcpListener, direct_tls: bool)
             tracing::warn!(%peer, "too many incoming s2s streams; refused");
             continue;
         };
+        // Counted with the c2s connections of the address (and waited for
+        // at shutdown like them).
+        let Some(guard) = crate::server::admit(&ctx, peer.ip()) else {
+            tracing::info!(%peer, "too many connections from this address; refused");
+            continue;
+        };
         let ctx = ctx.clone();
         tokio::spawn(async move {
             serve(ctx, tcp, peer, direct_tls).await;
+            drop(guard);
             drop(slot);
         });
     }

@@ -748,3 +748,18 @@ async fn remote_contacts_work_like_local_ones() {
         .expect_where(presence_from("bob@b.test", Some("unavailable")))
         .await;
 }
+
+#[tokio::test]
+async fn incoming_streams_count_against_the_address_limit() {
+    let a = server("a.test", free_port(), &[], |c| {
+        c.limits.max_connections_per_ip = 2;
+    })
+    .await;
+    let addr = a.handle().s2s_addrs[0];
+    let _one = RawPeer::connect(addr, "c.test", "a.test", None).await;
+    let _two = RawPeer::connect(addr, "c.test", "a.test", None).await;
+    // The third from the same address is closed at once, unanswered
+    // (nothing is sent: a write to the closed socket could fail).
+    let mut three = RawPeer::connect_raw(addr).await;
+    assert!(matches!(three.frame().await, Frame::Close));
+}
