@@ -314,8 +314,9 @@ impl ServerHandle {
             );
         }
         if let Some(s2s) = &self.ctx.s2s {
-            // Links end; what they could not send bounces to local users
-            // (into their offline storage) before the store's last flush.
+            // Links end; what they could not send bounces to its local
+            // senders that are still connected (errors are not stored
+            // offline), before the store's last flush.
             s2s.shutdown().await;
         }
         if let Err(e) = self.ctx.stores.closer.flush().await {

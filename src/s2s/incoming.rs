@@ -224,12 +224,10 @@ async fn run(
     checked_rx: &mut mpsc::Receiver<Checked>,
     direct_tls: bool,
 ) -> Result<(), Fail> {
-    if direct_tls {
-        conn.upgrade_tls(s2s.tls.direct.clone())
-            .await
-            .map_err(|_| Fail::Closed)?;
-    }
     let deadline = tokio::time::Instant::now() + ctx.config.negotiation_timeout();
+    if direct_tls {
+        handshake(s2s, st.sid, conn, &s2s.tls.direct, deadline).await?;
+    }
     let idle = Duration::from_secs(ctx.config.s2s.idle_timeout_s);
     let mut shutdown = ctx.shutdown_signal();
     'stream: loop {
@@ -278,11 +276,7 @@ async fn run(
                         return Err(fail(SC::PolicyViolation, "data after <starttls/>"));
                     }
                     send(conn, &element("proceed", ns::TLS, &[])).await?;
-                    conn.upgrade_tls(s2s.tls.starttls.clone())
-                        .await
-                        .map_err(|_| Fail::Closed)?;
-                    let tls = conn.tls_info().map(|t| t.0);
-                    s2s.update_stream(st.sid, |i| i.tls(tls));
+                    handshake(s2s, st.sid, conn, &s2s.tls.starttls, deadline).await?;
                     continue 'stream;
                 }
                 (ns::SASL, "auth") => {
@@ -302,6 +296,25 @@ async fn run(
             }
         }
     }
+}
+
+/// The TLS handshake, within the negotiation's time; the stream's TLS is
+/// recorded for `s2s list`.
+async fn handshake(
+    s2s: &S2s,
+    sid: u64,
+    conn: &mut XmlConn,
+    config: &Arc<rustls::ServerConfig>,
+    deadline: tokio::time::Instant,
+) -> Result<(), Fail> {
+    match tokio::time::timeout_at(deadline, conn.upgrade_tls(config.clone())).await {
+        Ok(Ok(())) => {}
+        Ok(Err(_)) => return Err(Fail::Closed),
+        Err(_) => return Err(Fail::Closed),
+    }
+    let tls = conn.tls_info().map(|t| t.0);
+    s2s.update_stream(sid, |i| i.tls(tls));
+    Ok(())
 }
 
 /// Read the peer's header, answer with ours and the features.

@@ -415,6 +415,7 @@ pub(super) async fn run(
                 return;
             }
         };
+        let up_since = std::time::Instant::now();
         let sid = s2s.register_stream(Direction::Out, &local, &remote);
         let tls = s.conn.tls_info().map(|t| t.0);
         s2s.update_stream(sid, |i| {
@@ -466,6 +467,11 @@ pub(super) async fn run(
                         }
                     }
                     return;
+                }
+                // A stream that lived a while counts as a fresh start: only
+                // breaks in quick succession end the link.
+                if up_since.elapsed() > Duration::from_secs(60) {
+                    tries = 1;
                 }
                 if tries >= 2 {
                     let f = Failure::timeout(format!("the stream to {remote} broke: {why}"));

@@ -81,6 +81,7 @@ impl Resolver {
             return Err(NotFound("no DNS resolver".into()));
         };
         let mut out = Vec::new();
+        let mut refused = 0;
         for (service, direct_tls) in [("_xmpps-server._tcp", true), ("_xmpp-server._tcp", false)] {
             let name = format!("{service}.{domain}.");
             if let Ok(l) = dns.lookup(name.as_str(), RecordType::SRV).await {
@@ -99,6 +100,7 @@ impl Resolver {
                     .collect();
                 // RFC 2782: a single "." target means "no service here".
                 if srv.len() == 1 && srv[0].2.is_empty() {
+                    refused += 1;
                     continue;
                 }
                 for (host, port) in rfc2782_order(srv) {
@@ -109,6 +111,10 @@ impl Resolver {
                     });
                 }
             }
+        }
+        if out.is_empty() && refused == 2 {
+            // RFC 6120 §3.2.1: "." as the target: decidedly no service.
+            return Err(NotFound(format!("{domain} offers no XMPP server service")));
         }
         if out.is_empty() {
             out.push(Target {
