@@ -405,13 +405,7 @@ pub(super) async fn run(
             Err(f) => {
                 tracing::info!(%local, %remote, reason = %f.text, "s2s: cannot reach the peer; bouncing its queue");
                 s2s.link_failed(&pair, f.cond.clone(), &f.text, backoff);
-                rx.close();
-                for el in carried.drain(..) {
-                    bounce(&ctx, &el, f.cond.clone(), &f.text).await;
-                }
-                while let Some(el) = rx.recv().await {
-                    bounce(&ctx, &el, f.cond.clone(), &f.text).await;
-                }
+                give_up(&ctx, &mut rx, carried, &f).await;
                 return;
             }
         };
@@ -443,14 +437,7 @@ pub(super) async fn run(
                 .await;
                 s.conn.shutdown().await;
                 s2s.link_closed(&pair, gen);
-                rx.close();
-                // What came in meanwhile goes through a new link.
-                while let Some(el) = rx.recv().await {
-                    if let Err(r) = S2s::send(&ctx, el) {
-                        let super::Refused(el, cond, text) = *r;
-                        bounce(&ctx, &el, cond, &text).await;
-                    }
-                }
+                hand_on(&ctx, &mut rx).await;
                 return;
             }
             End::Broken(why, unsent) => {
@@ -459,13 +446,7 @@ pub(super) async fn run(
                 carried.extend(unsent);
                 if carried.is_empty() && rx.is_empty() {
                     s2s.link_closed(&pair, gen);
-                    rx.close();
-                    while let Some(el) = rx.recv().await {
-                        if let Err(r) = S2s::send(&ctx, el) {
-                            let super::Refused(el, cond, text) = *r;
-                            bounce(&ctx, &el, cond, &text).await;
-                        }
-                    }
+                    hand_on(&ctx, &mut rx).await;
                     return;
                 }
                 // A stream that lived a while counts as a fresh start: only
@@ -476,17 +457,39 @@ pub(super) async fn run(
                 if tries >= 2 {
                     let f = Failure::timeout(format!("the stream to {remote} broke: {why}"));
                     s2s.link_failed(&pair, f.cond.clone(), &f.text, backoff);
-                    rx.close();
-                    for el in carried.drain(..) {
-                        bounce(&ctx, &el, f.cond.clone(), &f.text).await;
-                    }
-                    while let Some(el) = rx.recv().await {
-                        bounce(&ctx, &el, f.cond.clone(), &f.text).await;
-                    }
+                    give_up(&ctx, &mut rx, carried, &f).await;
                     return;
                 }
                 // One more try for what is waiting.
             }
+        }
+    }
+}
+
+/// The link gives up: everything it holds bounces with `f`.
+async fn give_up(
+    ctx: &Arc<Ctx>,
+    rx: &mut mpsc::Receiver<Element>,
+    carried: Vec<Element>,
+    f: &Failure,
+) {
+    rx.close();
+    for el in carried {
+        bounce(ctx, &el, f.cond.clone(), &f.text).await;
+    }
+    while let Some(el) = rx.recv().await {
+        bounce(ctx, &el, f.cond.clone(), &f.text).await;
+    }
+}
+
+/// The link ended cleanly (its queue is no longer registered): what came
+/// in meanwhile goes through a new link.
+async fn hand_on(ctx: &Arc<Ctx>, rx: &mut mpsc::Receiver<Element>) {
+    rx.close();
+    while let Some(el) = rx.recv().await {
+        if let Err(r) = S2s::send(ctx, el) {
+            let super::Refused(el, cond, text) = *r;
+            bounce(ctx, &el, cond, &text).await;
         }
     }
 }
