@@ -13,8 +13,14 @@
 # Phase "external": the peers restarted with INTEROP_TRUST_CA=1, Confab with
 #   ca_file = the lab CA and no insecure domains: SASL EXTERNAL both ways.
 #   federation_scenario.py --subset basic against each peer.
-# After each scenario `confab s2s list --json` must list a stream with that
-# peer in each direction, over TLS, authenticated the phase's way.
+# After each scenario `confab s2s list --json` must list, over TLS and
+# authenticated the phase's way, a stream each way with ejabberd (23.01
+# has no XEP-0288), and with Prosody (the lab enables its mod_s2s_bidi)
+# bidirectional streams: with SASL EXTERNAL just one, which carries
+# everything; with dialback one or two, since Prosody checks our key on a
+# stream of its own that it then authenticates for its own traffic. With
+# ejabberd over dialback, the room's traffic (step 4) must go on the stream
+# confab.test opened, piggybacked (XEP-0220 §2.4): mode both+pb.
 # Prints `interop: federation_<peer>_<phase>: ok|FAILED`; on failure the
 # scenario's JSON and the tails of Confab's and the peers' logs. Exit 1 on
 # any failure.
@@ -158,38 +164,54 @@ TOML
     abort "confab not ready (admin socket, $home_ip:5222 and :5269) after 10 s"
 }
 
-check_s2s() { # remote auth: a stream with remote each way, over TLS, authenticated so
+check_s2s() { # remote auth both|both+pb|bidi|bidi1: confab.test's streams with remote, over TLS, authenticated so
     local json
     json=$("$confab" --config "$cfg" s2s list --json) || { echo "confab s2s list --json failed"; return 1; }
-    $py - "$1" "$2" "$json" <<'PY'
+    $py - "$1" "$2" "$3" "$json" <<'PY'
 import json, sys
-remote, auth, text = sys.argv[1:]
+remote, auth, mode, text = sys.argv[1:]
 try:
     streams = json.loads(text)
 except ValueError as e:
     sys.exit("s2s list --json is not JSON (%s): %s" % (e, text))
-missing = [d for d in ("in", "out")
-           if not any(s.get("local") == "confab.test" and s.get("remote") == remote
-                      and s.get("direction") == d and s.get("auth") == auth and s.get("tls")
-                      for s in streams)]
-if missing:
-    sys.exit("s2s list: no %s stream with %s authenticated by %s over TLS; the list: %s"
-             % (" and no ".join(missing), remote, auth, json.dumps(streams)))
+mine = [s for s in streams if s.get("local") == "confab.test" and s.get("remote") == remote
+        and s.get("auth") != "none"]
+good = [s for s in mine if s.get("auth") == auth and s.get("tls")]
+if mode in ("bidi", "bidi1"):
+    most = 1 if mode == "bidi1" else 2
+    if not 1 <= len(mine) <= most or len(good) != len(mine) or not all(s.get("bidi") for s in good):
+        sys.exit("s2s list: not %s bidirectional stream(s) with %s authenticated by %s over TLS;"
+                 " the list: %s" % ("one" if most == 1 else "one or two", remote, auth,
+                                     json.dumps(streams)))
+else:
+    missing = [d for d in ("in", "out") if not any(s.get("direction") == d for s in good)]
+    if missing:
+        sys.exit("s2s list: no %s stream with %s authenticated by %s over TLS; the list: %s"
+                 % (" and no ".join(missing), remote, auth, json.dumps(streams)))
+    if mode == "both+pb":
+        out = {s.get("stream") for s in good if s.get("direction") == "out"}
+        rooms = [s for s in streams if s.get("local") == "rooms.confab.test"
+                 and s.get("remote") == remote and s.get("direction") == "out"]
+        if not rooms or any(s.get("stream") not in out for s in rooms):
+            sys.exit("s2s list: rooms.confab.test does not piggyback on confab.test's stream to %s;"
+                     " the list: %s" % (remote, json.dumps(streams)))
 PY
 }
 
 check_peer() { # peer subset auth
-    local peer=$1 subset=$2 auth=$3 name="federation_$1_$phase" ip user home out="" s2s=""
+    local peer=$1 subset=$2 auth=$3 name="federation_$1_$phase" ip user home mode out="" s2s=""
     case $peer in
-        prosody) ip=127.0.0.11 user=fed-alice home=fed-carol ;;
-        ejabberd) ip=127.0.0.12 user=fed-bob home=fed-dave ;;
+        prosody) ip=127.0.0.11 user=fed-alice home=fed-carol mode=bidi
+                 [ "$auth" = dialback ] || mode=bidi1 ;;
+        ejabberd) ip=127.0.0.12 user=fed-bob home=fed-dave mode=both
+                  [ "$subset" != full ] || [ "$auth" != dialback ] || mode=both+pb ;;
     esac
     if out=$($py "$here/federation_scenario.py" --peer-server "$ip" --peer-domain "$peer.test" \
                  --peer-user "$user" --home-server "$home_ip" --home-domain confab.test \
                  --home-user "$home" --password "$pw" --cafile "$INTEROP_DIR/ca/ca.crt" \
                  --subset "$subset" ${FEDERATION_SKIP:+--skip "$FEDERATION_SKIP"} \
                  ${INTEROP_DEBUG:+--debug} 2>"$INTEROP_DIR/$name.err") \
-       && s2s=$(check_s2s "$peer.test" "$auth" 2>&1); then
+       && s2s=$(check_s2s "$peer.test" "$auth" "$mode" 2>&1); then
         echo "interop: $name: ok"
     else
         echo "interop: $name: FAILED" >&2

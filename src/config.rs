@@ -171,6 +171,9 @@ pub struct S2s {
     /// Static addresses for peers ("partner.example" = "10.0.0.5:5269"),
     /// used instead of DNS.
     pub hosts: std::collections::BTreeMap<String, String>,
+    /// Offer and request bidirectional streams (XEP-0288): one TCP
+    /// connection carries a peer's traffic both ways.
+    pub bidi: bool,
 }
 
 impl Default for S2s {
@@ -186,6 +189,7 @@ impl Default for S2s {
             max_queue: 1000,
             bytes_per_sec: 4 << 20,
             hosts: Default::default(),
+            bidi: true,
         }
     }
 }

@@ -180,17 +180,18 @@ async fn s2s_list(config: &Config, json: bool) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     println!(
-        "{:<30} {:<9} {:<24} {:<9} {:<8} {:>6}",
-        "REMOTE", "DIRECTION", "LOCAL", "AUTH", "TLS", "IDLE_S"
+        "{:<30} {:<9} {:<24} {:<9} {:<8} {:<4} {:>6}",
+        "REMOTE", "DIRECTION", "LOCAL", "AUTH", "TLS", "BIDI", "IDLE_S"
     );
     for r in resp.streams {
         println!(
-            "{:<30} {:<9} {:<24} {:<9} {:<8} {:>6}",
+            "{:<30} {:<9} {:<24} {:<9} {:<8} {:<4} {:>6}",
             r.remote,
             r.direction,
             r.local,
             r.auth,
             r.tls.as_deref().unwrap_or("none"),
+            if r.bidi { "yes" } else { "no" },
             r.idle_s
         );
     }

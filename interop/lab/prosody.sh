@@ -128,7 +128,7 @@ modules_enabled = {
   "carbons"; "pep"; "private"; "blocklist"; "bookmarks";
   "vcard4"; "vcard_legacy"; "version"; "uptime"; "time"; "ping";
   "register"; $mam"smacks"; "csi_simple"; "lastactivity";
-  "admin_adhoc"; "admin_shell"; "s2s_static_routes";
+  "admin_adhoc"; "admin_shell"; "s2s_static_routes"; "s2s_bidi";
 }
 
 VirtualHost "$DOMAIN"

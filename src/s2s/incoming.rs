@@ -7,6 +7,10 @@
 //!
 //! The same streams carry `db:verify` requests, answered as the
 //! authoritative server for our domains.
+//!
+//! A peer that asks for a bidirectional stream (XEP-0288) gets each pair it
+//! authenticates served the other way too: the stream becomes the link
+//! (local, remote) that [`S2s::send`] queues to, unless one runs already.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -31,7 +35,7 @@ use crate::xml::{ns, writer, Frame};
 
 /// A peer held back by its read rate this long without a break is
 /// flooding: its stream ends with `policy-violation`.
-const FLOOD: Duration = Duration::from_secs(5);
+pub(super) const FLOOD: Duration = Duration::from_secs(5);
 
 /// Incoming s2s streams open at once; beyond it, new ones are refused.
 const MAX_INCOMING: usize = 10_000;
@@ -92,6 +96,16 @@ struct Incoming {
     /// Whether the peer's certificate is valid for a domain, by domain.
     cert_valid: HashMap<String, bool>,
     checked_tx: mpsc::Sender<Checked>,
+    /// The peer asked for a bidirectional stream (XEP-0288).
+    bidi: bool,
+    /// With bidi: the queue of what goes to the peer on this stream, for
+    /// the (local, remote) pairs in `out_pairs`; `out_gen` marks it in the
+    /// link table.
+    out: Option<(mpsc::Sender<Element>, mpsc::Receiver<Element>)>,
+    out_gen: u64,
+    out_pairs: Vec<(String, String)>,
+    /// Taken from the queue but not written when the stream broke.
+    unsent: Vec<Element>,
 }
 
 async fn serve(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr, direct_tls: bool) {
@@ -119,6 +133,11 @@ async fn serve(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr, direct_tls: bool
         checking: HashSet::new(),
         cert_valid: HashMap::new(),
         checked_tx,
+        bidi: false,
+        out: None,
+        out_gen: 0,
+        out_pairs: Vec::new(),
+        unsent: Vec::new(),
     };
     let r = Box::pin(run(
         &ctx,
@@ -130,6 +149,21 @@ async fn serve(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr, direct_tls: bool
     ))
     .await;
     s2s.unregister_stream(st.sid);
+    // No longer a link for anything: what waits for the peer goes another
+    // way, once this stream is closed.
+    for pair in &st.out_pairs {
+        s2s.link_closed(pair, st.out_gen);
+    }
+    let queued = st.out.take().map(|(_, rx)| rx);
+    let unsent = std::mem::take(&mut st.unsent);
+    close(&ctx, &mut conn, &st, r).await;
+    if let Some(mut rx) = queued {
+        outgoing::hand_on(&ctx, &mut rx, unsent).await;
+    }
+}
+
+async fn close(ctx: &Ctx, conn: &mut XmlConn, st: &Incoming, r: Result<(), Fail>) {
+    let peer = conn.peer;
     match r {
         Ok(()) => {
             let _ = tokio::time::timeout(
@@ -150,7 +184,7 @@ async fn serve(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr, direct_tls: bool
                     .write_all(&writer::s2s_stream_header(&local, "", Some(&random_id(12))))
                     .await;
             }
-            crate::c2s::close_with_error(&mut conn, cond, Some(&text)).await;
+            crate::c2s::close_with_error(conn, cond, Some(&text)).await;
         }
         Err(Fail::Closed) => conn.shutdown().await,
         Err(Fail::PeerError) => {
@@ -213,7 +247,75 @@ impl Incoming {
         self.pairs.insert((remote.to_string(), local.to_string()));
         s2s.update_stream(self.sid, |i| i.authenticated(local, remote, how));
         tracing::info!(%remote, %local, ?how, peer = %conn.peer, "s2s: incoming stream authenticated");
+        if self.bidi {
+            self.serve_back(ctx, s2s, local, remote);
+        }
     }
+
+    /// XEP-0288: stanzas from `local` to `remote` may go on this stream
+    /// (the inverse of a pair it authenticated).
+    fn serve_back(&mut self, ctx: &Ctx, s2s: &S2s, local: &str, remote: &str) {
+        let pair = (local.to_string(), remote.to_string());
+        if self.out_pairs.contains(&pair) {
+            return;
+        }
+        if self.out.is_none() {
+            self.out = Some(mpsc::channel(ctx.config.s2s.max_queue));
+            self.out_gen = s2s
+                .next_id
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        let Some((tx, _)) = &self.out else {
+            return;
+        };
+        if s2s.attach_bidi(&pair, tx, self.out_gen) {
+            self.out_pairs.push(pair);
+        }
+    }
+
+    /// The peer asked for a bidirectional stream.
+    fn enable_bidi(&mut self, ctx: &Ctx, s2s: &S2s) {
+        self.bidi = true;
+        s2s.update_stream(self.sid, |i| i.bidi());
+        let pairs: Vec<_> = self.pairs.iter().cloned().collect();
+        for (remote, local) in pairs {
+            self.serve_back(ctx, s2s, &local, &remote);
+        }
+    }
+}
+
+/// The next stanza queued for the peer on a bidirectional stream; never,
+/// on any other.
+async fn next_out(
+    out: &mut Option<(mpsc::Sender<Element>, mpsc::Receiver<Element>)>,
+) -> Option<Element> {
+    match out {
+        Some((_, rx)) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Write `first` and what else is queued behind it.
+async fn write_out(
+    s2s: &S2s,
+    conn: &mut XmlConn,
+    st: &mut Incoming,
+    first: Element,
+) -> Result<(), Fail> {
+    let mut batch = vec![first];
+    if let Some((_, rx)) = &mut st.out {
+        outgoing::fill_batch(rx, &mut batch);
+    }
+    if conn
+        .write_all(&outgoing::batch_bytes(&batch))
+        .await
+        .is_err()
+    {
+        st.unsent = batch;
+        return Err(Fail::Closed);
+    }
+    s2s.update_stream(st.sid, |i| i.touch());
+    Ok(())
 }
 
 async fn run(
@@ -245,6 +347,10 @@ async fn run(
                     checked(ctx, s2s, conn, st, c).await?;
                     continue;
                 }
+                Some(out) = next_out(&mut st.out) => {
+                    write_out(s2s, conn, st, out).await?;
+                    continue;
+                }
                 _ = tokio::time::sleep_until(deadline), if unauthenticated => {
                     return Err(fail(SC::ConnectionTimeout, "no domain authenticated in time"));
                 }
@@ -264,7 +370,7 @@ async fn run(
                 return Err(Fail::PeerError);
             }
             if Kind::of(&el).is_some() {
-                stanza(ctx, st, el).await?;
+                stanza(ctx, &st.pairs, el).await?;
                 continue;
             }
             match (el.ns().as_str(), el.name()) {
@@ -287,6 +393,12 @@ async fn run(
                 }
                 (ns::DIALBACK, "result") => dialback_result(ctx, s2s, conn, st, &el).await?,
                 (ns::DIALBACK, "verify") => dialback_verify(ctx, s2s, conn, &el).await?,
+                (ns::BIDI, "bidi") if ctx.config.s2s.bidi => {
+                    if ctx.config.s2s.require_encryption && !conn.is_tls() {
+                        return Err(fail(SC::PolicyViolation, "TLS is required before bidi"));
+                    }
+                    st.enable_bidi(ctx, s2s);
+                }
                 _ => {
                     return Err(fail(
                         SC::UnsupportedStanzaType,
@@ -394,6 +506,9 @@ async fn accept_header(
         let mut db = element("dialback", ns::DIALBACK_FEATURE, &[]);
         db.append_child(element("errors", ns::DIALBACK_FEATURE, &[]));
         features.append_child(db);
+        if ctx.config.s2s.bidi && !st.bidi && st.pairs.is_empty() {
+            features.append_child(element("bidi", ns::BIDI_FEATURE, &[]));
+        }
     }
     send(conn, &features).await
 }
@@ -613,10 +728,15 @@ async fn dialback_verify(
     send(conn, &r).await
 }
 
-/// A stanza: only for an authenticated pair; then across the border and
-/// into the router.
-async fn stanza(ctx: &Arc<Ctx>, st: &mut Incoming, el: Element) -> Result<(), Fail> {
-    if st.pairs.is_empty() {
+/// A stanza from a peer: only for a (remote, local) pair in `pairs`, the
+/// ones its stream authenticated; then across the border and into the
+/// router.
+pub(super) async fn stanza(
+    ctx: &Arc<Ctx>,
+    pairs: &HashSet<(String, String)>,
+    el: Element,
+) -> Result<(), Fail> {
+    if pairs.is_empty() {
         return Err(fail(SC::NotAuthorized, "stanzas before authentication"));
     }
     let (Ok(Some(from)), to) = (jid_attr(&el, "from"), jid_attr(&el, "to")) else {
@@ -646,7 +766,7 @@ async fn stanza(ctx: &Arc<Ctx>, st: &mut Incoming, el: Element) -> Result<(), Fa
             format!("this server does not serve {td}"),
         ));
     }
-    if !st.pairs.contains(&(fd.to_string(), td.to_string())) {
+    if !pairs.contains(&(fd.to_string(), td.to_string())) {
         return Err(fail(
             SC::InvalidFrom,
             format!("{fd} is not authenticated on this stream for {td}"),

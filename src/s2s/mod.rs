@@ -57,6 +57,12 @@ pub struct StreamRow {
     pub auth: String,
     pub tls: Option<String>,
     pub idle_s: u64,
+    /// Whether the stream carries stanzas both ways (XEP-0288).
+    #[serde(default)]
+    pub bidi: bool,
+    /// The stream's number: rows of pairs on one stream share it.
+    #[serde(default)]
+    pub stream: u64,
 }
 
 /// What the registry of streams knows about one stream.
@@ -67,6 +73,7 @@ struct StreamInfo {
     pairs: Vec<(String, String, Auth)>,
     tls: Option<String>,
     last: Instant,
+    bidi: bool,
 }
 
 /// A stanza [`S2s::send`] could not queue, and the error to bounce it
@@ -87,11 +94,23 @@ enum Link {
     },
 }
 
+/// An outgoing stream to a remote domain on which other local domains
+/// may authenticate by dialback (XEP-0220 §2.4, piggybacking).
+struct Host {
+    /// The queue of its link task.
+    tx: mpsc::Sender<Element>,
+    gen: u64,
+    /// Local domains the peer would not take on it.
+    refused: std::collections::HashSet<String>,
+}
+
 pub struct S2s {
     pub tls: tls::S2sTls,
     pub dialback: dialback::Dialback,
     resolver: resolve::Resolver,
     links: Mutex<HashMap<(String, String), Link>>,
+    /// By remote domain: the stream further local domains piggyback on.
+    hosts: Mutex<HashMap<String, Host>>,
     streams: Mutex<HashMap<u64, StreamInfo>>,
     next_id: AtomicU64,
     /// Link tasks running (waited for at shutdown).
@@ -115,6 +134,7 @@ impl S2s {
             dialback: dialback::Dialback::load(&config.data_dir)?,
             resolver: resolve::Resolver::new(),
             links: Mutex::default(),
+            hosts: Mutex::default(),
             streams: Mutex::default(),
             next_id: AtomicU64::new(1),
             running: Arc::new(tokio::sync::Semaphore::new(MAX_LINKS as usize)),
@@ -152,17 +172,10 @@ impl S2s {
         let mut links = s2s.links.lock().unwrap_or_else(|p| p.into_inner());
         let mut backoff_next = FIRST_BACKOFF;
         let el = match links.get(&key) {
-            Some(Link::Queue { tx, .. }) => match tx.try_send(el) {
-                Ok(()) => return Ok(()),
-                Err(mpsc::error::TrySendError::Full(el)) => {
-                    return Err(Box::new(Refused(
-                        el,
-                        Cond::ResourceConstraint,
-                        format!("too many stanzas waiting for {}", key.1),
-                    )))
-                }
+            Some(Link::Queue { tx, .. }) => match enqueue(tx, el, &key.1)? {
+                None => return Ok(()),
                 // The link task ended a moment ago: start another.
-                Err(mpsc::error::TrySendError::Closed(el)) => el,
+                Some(el) => el,
             },
             Some(Link::Backoff {
                 until,
@@ -176,6 +189,18 @@ impl S2s {
                 backoff_next = *next;
                 el
             }
+            None => el,
+        };
+        // A stream to the peer that another local domain opened takes this
+        // one too, by dialback.
+        let el = match s2s.piggyback(&key) {
+            Some((tx, gen)) => match enqueue(&tx, el, &key.1)? {
+                None => {
+                    links.insert(key, Link::Queue { tx, gen });
+                    return Ok(());
+                }
+                Some(el) => el,
+            },
             None => el,
         };
         let (tx, rx) = mpsc::channel(ctx.config.s2s.max_queue);
@@ -194,6 +219,62 @@ impl S2s {
             permit,
         ));
         Ok(())
+    }
+
+    /// The queue of a stream that `pair` may piggyback on.
+    fn piggyback(&self, pair: &(String, String)) -> Option<(mpsc::Sender<Element>, u64)> {
+        let hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
+        let h = hosts.get(&pair.1)?;
+        if h.tx.is_closed() || h.refused.contains(&pair.0) {
+            return None;
+        }
+        Some((h.tx.clone(), h.gen))
+    }
+
+    /// The authenticated link `pair` (task `gen`) takes other local
+    /// domains for its remote one, unless a stream does already.
+    fn offer_piggyback(&self, pair: &(String, String), gen: u64) {
+        let tx = {
+            let links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+            match links.get(pair) {
+                Some(Link::Queue { tx, gen: g }) if *g == gen => tx.clone(),
+                _ => return,
+            }
+        };
+        let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
+        if hosts.get(&pair.1).is_some_and(|h| !h.tx.is_closed()) {
+            return;
+        }
+        hosts.insert(
+            pair.1.clone(),
+            Host {
+                tx,
+                gen,
+                refused: Default::default(),
+            },
+        );
+    }
+
+    /// The peer of the link task `gen` would not take `local` on its
+    /// stream: `local` gets a stream of its own from now on.
+    fn piggyback_refused(&self, local: &str, remote: &str, gen: u64) {
+        {
+            let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(h) = hosts.get_mut(remote).filter(|h| h.gen == gen) {
+                if h.refused.len() < 64 {
+                    h.refused.insert(local.to_string());
+                }
+            }
+        }
+        self.link_closed(&(local.to_string(), remote.to_string()), gen);
+    }
+
+    /// The link task `gen` no longer takes other domains.
+    fn unhost(&self, remote: &str, gen: u64) {
+        let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
+        if hosts.get(remote).is_some_and(|h| h.gen == gen) {
+            hosts.remove(remote);
+        }
     }
 
     /// The link of `pair` failed: until the backoff passes, stanzas for it
@@ -220,6 +301,24 @@ impl S2s {
         }
     }
 
+    /// An incoming stream that negotiated XEP-0288 authenticated `pair`
+    /// (local, remote): it becomes the pair's link, its queue `tx`, unless
+    /// a link of the pair is running already. Whether it did.
+    fn attach_bidi(&self, pair: &(String, String), tx: &mpsc::Sender<Element>, gen: u64) -> bool {
+        let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        if matches!(links.get(pair), Some(Link::Queue { tx, .. }) if !tx.is_closed()) {
+            return false;
+        }
+        links.insert(
+            pair.clone(),
+            Link::Queue {
+                tx: tx.clone(),
+                gen,
+            },
+        );
+        true
+    }
+
     fn register_stream(&self, direction: Direction, local: &str, remote: &str) -> u64 {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut m = self.streams.lock().unwrap_or_else(|p| p.into_inner());
@@ -230,6 +329,7 @@ impl S2s {
                 pairs: vec![(local.to_string(), remote.to_string(), Auth::None)],
                 tls: None,
                 last: Instant::now(),
+                bidi: false,
             },
         );
         id
@@ -251,7 +351,7 @@ impl S2s {
     pub fn list(&self) -> Vec<StreamRow> {
         let m = self.streams.lock().unwrap_or_else(|p| p.into_inner());
         let mut rows = Vec::new();
-        for s in m.values() {
+        for (id, s) in m.iter() {
             for (local, remote, auth) in &s.pairs {
                 rows.push(StreamRow {
                     local: local.clone(),
@@ -269,6 +369,8 @@ impl S2s {
                     .into(),
                     tls: s.tls.clone(),
                     idle_s: s.last.elapsed().as_secs(),
+                    bidi: s.bidi,
+                    stream: *id,
                 });
             }
         }
@@ -286,8 +388,31 @@ impl S2s {
             m.drain().collect()
         };
         drop(links);
+        let hosts: Vec<_> = {
+            let mut m = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
+            m.drain().collect()
+        };
+        drop(hosts);
         let wait = self.running.acquire_many(MAX_LINKS);
         let _ = tokio::time::timeout(Duration::from_secs(5), wait).await;
+    }
+}
+
+/// Put `el` in a link's queue: `Ok(None)` when it is there, `Ok(Some)`
+/// when the link task is gone, `Err` when the queue is full.
+fn enqueue(
+    tx: &mpsc::Sender<Element>,
+    el: Element,
+    remote: &str,
+) -> Result<Option<Element>, Box<Refused>> {
+    match tx.try_send(el) {
+        Ok(()) => Ok(None),
+        Err(mpsc::error::TrySendError::Full(el)) => Err(Box::new(Refused(
+            el,
+            Cond::ResourceConstraint,
+            format!("too many stanzas waiting for {remote}"),
+        ))),
+        Err(mpsc::error::TrySendError::Closed(el)) => Ok(Some(el)),
     }
 }
 
@@ -301,6 +426,10 @@ impl StreamInfoMut<'_> {
 
     fn tls(&mut self, v: Option<String>) {
         self.0.tls = v;
+    }
+
+    fn bidi(&mut self) {
+        self.0.bidi = true;
     }
 
     /// `local`–`remote` authenticated by `how` (the unauthenticated

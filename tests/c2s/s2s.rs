@@ -184,16 +184,21 @@ async fn two_servers(f: impl Fn(&str, &mut Config) + Clone) -> (TestServer, Test
 #[tokio::test]
 async fn dialback_between_two_servers_and_a_forged_key() {
     // Self-signed certificates (generated into each data dir): dialback,
-    // allowed for the other domain only.
+    // allowed for the other domain only. a.test neither offers nor asks
+    // for bidirectional streams, so there is one stream each way.
     let (a, mut b) = two_servers(|me, c| {
         let other = if me == "a.test" { "b.test" } else { "a.test" };
         c.s2s.insecure_domains = vec![other.into()];
+        if me == "a.test" {
+            c.s2s.bidi = false;
+        }
     })
     .await;
     converse(&a, &b).await;
     assert_eq!(auth_of(&a, "b.test", "out").await, "dialback");
     assert_eq!(auth_of(&a, "b.test", "in").await, "dialback");
     assert_eq!(auth_of(&b, "a.test", "out").await, "dialback");
+    assert!(rows(&a).iter().all(|r| !r.bidi), "{:?}", rows(&a));
 
     // Someone claiming to be b.test with a key b.test never gave: b.test
     // says it is not its key, and the stream ends.
@@ -236,9 +241,69 @@ async fn sasl_external_with_a_test_ca() {
     .await;
     converse(&a, &b).await;
     assert_eq!(auth_of(&a, "b.test", "out").await, "external");
-    assert_eq!(auth_of(&a, "b.test", "in").await, "external");
-    assert_eq!(auth_of(&b, "a.test", "out").await, "external");
     assert_eq!(auth_of(&b, "a.test", "in").await, "external");
+    assert_one_bidi_stream(&a, &b);
+}
+
+/// `a` opened the only stream between the two, and `b` answered on it
+/// (XEP-0288).
+fn assert_one_bidi_stream(a: &TestServer, b: &TestServer) {
+    let authenticated = |s: &TestServer| -> Vec<_> {
+        rows(s)
+            .into_iter()
+            .filter(|r| r.auth != "none")
+            .map(|r| (r.direction, r.bidi))
+            .collect()
+    };
+    assert_eq!(
+        authenticated(a),
+        [("out".to_string(), true)],
+        "{:?}",
+        rows(a)
+    );
+    assert_eq!(
+        authenticated(b),
+        [("in".to_string(), true)],
+        "{:?}",
+        rows(b)
+    );
+}
+
+#[tokio::test]
+async fn a_bidirectional_stream_carries_both_ways_and_hands_on_when_it_ends() {
+    let (a, mut b) = two_servers(|me, c| {
+        let other = if me == "a.test" { "b.test" } else { "a.test" };
+        c.s2s.insecure_domains = vec![other.into()];
+    })
+    .await;
+    converse(&a, &b).await;
+    assert_eq!(auth_of(&a, "b.test", "out").await, "dialback");
+    assert_eq!(auth_of(&b, "a.test", "in").await, "dialback");
+    assert_one_bidi_stream(&a, &b);
+
+    // Subscriptions and presence take the same stream back.
+    let mut alice = a.online("alice", PW, "phone").await;
+    let mut bob = b.online("bob", PW, "desk").await;
+    bob.send_raw("<presence to='alice@a.test' type='subscribe'/>")
+        .await;
+    let got = alice
+        .expect_where(|e| e.name() == "presence" && e.attr("type") == Some("subscribe"))
+        .await;
+    assert_eq!(got.attr("from"), Some("bob@b.test"));
+    assert_one_bidi_stream(&a, &b);
+
+    // The stream goes (a.test restarts): b.test opens its own to reach
+    // it again.
+    alice.close().await;
+    let mut a = a;
+    a.restart().await;
+    let mut alice = a.online("alice", PW, "phone").await;
+    bob.send_raw(&chat("alice@a.test", "back1", "still there?"))
+        .await;
+    let got = alice.expect_where(|e| e.attr("id") == Some("back1")).await;
+    assert_eq!(body(&got).as_deref(), Some("still there?"));
+    assert_eq!(auth_of(&b, "a.test", "out").await, "dialback");
+    b.stop().await;
 }
 
 #[tokio::test]
@@ -762,4 +827,58 @@ async fn incoming_streams_count_against_the_address_limit() {
     // (nothing is sent: a write to the closed socket could fail).
     let mut three = RawPeer::connect_raw(addr).await;
     assert!(matches!(three.frame().await, Frame::Close));
+}
+
+#[tokio::test]
+async fn another_local_domain_piggybacks_on_an_outgoing_stream() {
+    // One stream each way (no bidi), dialback: what rooms.a.test sends to
+    // b.test goes on the stream a.test opened, authenticated there by a
+    // further <db:result/> (XEP-0220 §2.4) that b.test checks with
+    // rooms.a.test's server.
+    let (pa, pb) = (free_port(), free_port());
+    let insecure = |c: &mut Config| {
+        c.s2s.insecure_domains = vec!["a.test".into(), "rooms.a.test".into(), "b.test".into()];
+        c.s2s.bidi = false;
+    };
+    let a = server("a.test", pa, &[("b.test", pb)], insecure).await;
+    let b = server(
+        "b.test",
+        pb,
+        &[("a.test", pa), ("rooms.a.test", pa)],
+        insecure,
+    )
+    .await;
+    for s in [&a, &b] {
+        s.add_user("alice", PW).await;
+        s.add_user("bob", PW).await;
+    }
+    converse(&a, &b).await;
+    let mut bob = b.online("bob", PW, "desk").await;
+    for id in ["p1", "p2"] {
+        bob.send_raw(&format!(
+            "<iq type='get' to='rooms.a.test' id='{id}'>\
+             <query xmlns='http://jabber.org/protocol/disco#info'/></iq>"
+        ))
+        .await;
+        let got = bob.expect_where(|e| e.attr("id") == Some(id)).await;
+        assert_eq!(got.attr("type"), Some("result"), "{}", String::from(&got));
+        assert_eq!(got.attr("from"), Some("rooms.a.test"));
+    }
+    let out: Vec<_> = rows(&a)
+        .into_iter()
+        .filter(|r| r.direction == "out" && r.remote == "b.test")
+        .collect();
+    assert_eq!(out.len(), 2, "{out:?}");
+    assert!(out.iter().all(|r| r.auth == "dialback"), "{out:?}");
+    assert_eq!(out[0].stream, out[1].stream, "{out:?}");
+    let mut locals: Vec<_> = out.iter().map(|r| r.local.as_str()).collect();
+    locals.sort();
+    assert_eq!(locals, ["a.test", "rooms.a.test"]);
+    // b.test sees both pairs on one incoming stream.
+    let incoming: Vec<_> = rows(&b)
+        .into_iter()
+        .filter(|r| r.direction == "in" && r.auth != "none")
+        .collect();
+    assert_eq!(incoming.len(), 2, "{incoming:?}");
+    assert_eq!(incoming[0].stream, incoming[1].stream, "{incoming:?}");
 }

@@ -78,6 +78,11 @@ async fn s2s_corpus_with_a_bystander() {
         .await;
     expect(&mut c, "policy-violation", "dialback before TLS").await;
 
+    // A bidirectional stream (XEP-0288) asked for before TLS.
+    let mut c = peer(&s).await;
+    c.send_raw("<bidi xmlns='urn:xmpp:bidi'/>").await;
+    expect(&mut c, "policy-violation", "bidi before TLS").await;
+
     // A db:verify with a key this server never gave: invalid, and the
     // stream goes on.
     let mut c = peer(&s).await;
