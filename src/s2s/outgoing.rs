@@ -767,7 +767,9 @@ async fn from_peer(
     if el.is("result", ns::DIALBACK) && el.attr("type").is_some() {
         return Ok(pairs.answered(ctx, s2s, sid, &el).await);
     }
-    if pairs.back.is_empty() {
+    // A peer's own dialback requests on our stream (XEP-0288 §2.2 allows
+    // them) are not taken up: its domains use streams it opens.
+    if pairs.back.is_empty() || el.ns() == ns::DIALBACK {
         // Nothing else is expected on a one-way outgoing stream.
         tracing::debug!(
             name = el.name(),
