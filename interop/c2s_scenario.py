@@ -183,6 +183,16 @@ async def scenario(args, steps):
         await c.disconnected
 
 
+async def disconnect_all(clients):
+    """Disconnect each client, each within STEP_TIMEOUT."""
+    for c in clients:
+        c.disconnect()
+        try:
+            await asyncio.wait_for(c.disconnected, STEP_TIMEOUT)
+        except asyncio.TimeoutError:
+            raise RuntimeError("%s: did not disconnect within %.0f s" % (c.boundjid, STEP_TIMEOUT))
+
+
 def cli(doc, scenario, extra_args=None):
     """Parse the common arguments, run `scenario(args, steps)`, print the
     steps as JSON and exit 0 when it completed, 1 otherwise."""

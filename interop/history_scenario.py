@@ -44,7 +44,7 @@ from slixmpp.xmlstream import ET
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
 
-from c2s_scenario import STEP_TIMEOUT, cli, login, message_from
+from c2s_scenario import STEP_TIMEOUT, cli, disconnect_all, login, message_from
 
 NS_HIST = "urn:confab:history:0"
 NS_INBOX = "urn:xmpp:inbox:1"
@@ -379,12 +379,7 @@ async def scenario(args, steps):
     steps.append("9 a new chat shows again: alice's MAM with bob has it alone (%s); the inbox "
                  "has one entry for bob, unread='1', fin total='1'" % new_id)
 
-    for c in (pc, phone, bob):
-        c.disconnect()
-        try:
-            await asyncio.wait_for(c.disconnected, STEP_TIMEOUT)
-        except asyncio.TimeoutError:
-            raise RuntimeError("%s: did not disconnect within %.0f s" % (c.boundjid, STEP_TIMEOUT))
+    await disconnect_all([pc, phone, bob])
 
 
 def users(p):

@@ -71,7 +71,7 @@ from slixmpp.xmlstream import ET, ElementBase, register_stanza_plugin
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
 
-from c2s_scenario import STEP_TIMEOUT, Client, cli
+from c2s_scenario import STEP_TIMEOUT, Client, cli, disconnect_all
 from history_scenario import iq_ok, quiet, watch
 
 NS_MUC = "http://jabber.org/protocol/muc"
@@ -637,12 +637,7 @@ async def scenario(args, steps):
     steps.append("10 bob left (affiliation none): notified of the retraction, his bookmarks %s; "
                  "members %s; alice's bookmarks unchanged" % (sorted(b_marks), got))
 
-    for c in (alice, bob):
-        c.disconnect()
-        try:
-            await asyncio.wait_for(c.disconnected, STEP_TIMEOUT)
-        except asyncio.TimeoutError:
-            raise RuntimeError("%s: did not disconnect within %.0f s" % (c.boundjid, STEP_TIMEOUT))
+    await disconnect_all([alice, bob])
 
 
 def users(p):

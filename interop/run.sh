@@ -43,6 +43,7 @@ tls_port=$(free_port)
 cat > "$work/confab.toml" <<TOML
 domain = "localhost"
 data_dir = "$work/data"
+admins = ["adhoc-boss@localhost"]
 [listen]
 c2s = ["127.0.0.1:$port"]
 c2s_direct_tls = ["127.0.0.1:$tls_port"]
@@ -69,6 +70,9 @@ done
 # Fresh accounts for muc_scenario, which reads a room's whole archive and an inbox.
 "$confab" --config "$work/confab.toml" user add muc-alice@localhost interop-pw-1 >/dev/null
 "$confab" --config "$work/confab.toml" user add muc-bob@localhost interop-pw-1 >/dev/null
+# adhoc_scenario: an administrator (in admins above) and an account that is not.
+"$confab" --config "$work/confab.toml" user add adhoc-boss@localhost interop-pw-1 >/dev/null
+"$confab" --config "$work/confab.toml" user add adhoc-pleb@localhost interop-pw-1 >/dev/null
 
 failed=0
 run() {
@@ -113,6 +117,12 @@ run history_scenario $py "$here/history_scenario.py" --server 127.0.0.1 --port "
 # who never joined, counted in that member's inbox, and real JIDs shown.
 run muc_scenario $py "$here/muc_scenario.py" --server 127.0.0.1 --port "$port" \
     --domain localhost --cafile "$cert" --password interop-pw-1 ${INTEROP_DEBUG:+--debug}
+# Server administration (XEP-0133) with slixmpp's XEP-0050 command code:
+# only the admin sees and may run the commands; add-user creates an account
+# that logs in, announce reaches an online user, the user count goes up.
+run adhoc_scenario $py "$here/adhoc_scenario.py" --server 127.0.0.1 --port "$port" \
+    --domain localhost --cafile "$cert" --password interop-pw-1 \
+    --admin adhoc-boss --user adhoc-pleb ${INTEROP_DEBUG:+--debug}
 
 # Graceful stop: SIGTERM, exit status 0.
 kill -TERM "$pid"

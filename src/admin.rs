@@ -38,6 +38,12 @@ pub enum Request {
     UserList {
         domain: Option<String>,
     },
+    /// Disable (`true`: it cannot log in, its sessions end) or re-enable
+    /// an account.
+    UserDisable {
+        jid: String,
+        disabled: bool,
+    },
     /// The server-to-server streams now open (running server only).
     S2sList,
 }
@@ -91,6 +97,16 @@ fn account(jid: &str, domain: &str) -> Result<BareJid, String> {
     }
     crate::auth::account_jid(node.as_str(), domain)
         .ok_or_else(|| format!("{jid:?} is not a valid account name"))
+}
+
+/// The account `j`, which must exist.
+async fn existing(stores: &Stores, j: &BareJid) -> Result<crate::store::Account, String> {
+    stores
+        .accounts
+        .get(j)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("{j} does not exist"))
 }
 
 fn check_password(p: &str) -> Result<(), String> {
@@ -159,12 +175,7 @@ pub async fn execute(
             Request::UserPasswd { jid, password } => {
                 let j = account(&jid, domain)?;
                 check_password(&password)?;
-                let mut acc = stores
-                    .accounts
-                    .get(&j)
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .ok_or_else(|| format!("{j} does not exist"))?;
+                let mut acc = existing(stores, &j).await?;
                 let acc = crate::auth::blocking(move || {
                     crate::auth::set_password(&mut acc, &password).map(|()| acc)
                 })
@@ -179,6 +190,27 @@ pub async fn execute(
                     .await
                     .map_err(|e| e.to_string())?;
                 tracing::info!(jid = %j, "password changed");
+                Ok(Response::ok())
+            }
+            Request::UserDisable { jid, disabled } => {
+                let j = account(&jid, domain)?;
+                let mut acc = existing(stores, &j).await?;
+                acc.disabled = disabled;
+                stores
+                    .accounts
+                    .update(acc)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                // Like a deletion: a login that binds from now on finds
+                // the account disabled, one bound before is closed here.
+                if disabled {
+                    if let Some(ctx) = ctx {
+                        for r in ctx.sessions.resources(&j) {
+                            r.mailbox.close(SC::NotAuthorized, "account disabled");
+                        }
+                    }
+                }
+                tracing::info!(jid = %j, disabled, "account disabled or re-enabled");
                 Ok(Response::ok())
             }
             Request::S2sList => {

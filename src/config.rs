@@ -35,6 +35,9 @@ pub struct Config {
     /// messages) until one of them leaves `dnd` or another one comes
     /// online (`urn:confab:dnd-defer:0`).
     pub dnd_defers_delivery: bool,
+    /// Accounts (bare JIDs of `domain`) that may run the administration
+    /// commands (XEP-0050/XEP-0133) from any client.
+    pub admins: Vec<String>,
     pub log: Log,
 }
 
@@ -267,6 +270,7 @@ impl Default for Config {
             muc: Muc::default(),
             s2s: S2s::default(),
             dnd_defers_delivery: true,
+            admins: Vec::new(),
             log: Log::default(),
         }
     }
@@ -587,6 +591,20 @@ impl Config {
                 errors.push(err(
                     "muc.domain",
                     "expected a domain of its own (like \"rooms.\" + domain), not the server's domain",
+                ));
+            }
+        }
+        for a in &self.admins {
+            let ok = xmpp_parsers::jid::BareJid::new(a).is_ok_and(|j| {
+                j.node().is_some() && j.domain().as_str() == self.domain && j.as_str() == a
+            });
+            if !ok {
+                errors.push(err(
+                    "admins",
+                    format!(
+                        "expected accounts of this server like \"admin@{}\" (bare, normalised), got {a:?}",
+                        self.domain
+                    ),
                 ));
             }
         }

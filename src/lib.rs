@@ -4,6 +4,7 @@
 //! negotiation → session task → router → modules / local sessions.
 //! See ARCHITECTURE.md.
 
+pub mod adhoc;
 pub mod admin;
 pub mod auth;
 pub mod c2s;

@@ -70,6 +70,10 @@ enum UserCommand {
     },
     /// List accounts, optionally of one domain.
     List { domain: Option<String> },
+    /// Disable an account: it cannot log in, and its sessions end.
+    Disable { jid: String },
+    /// Re-enable a disabled account.
+    Enable { jid: String },
 }
 
 fn init_logging(config: &Config) {
@@ -155,6 +159,14 @@ async fn main() -> ExitCode {
                     }
                 }
                 UserCommand::List { domain } => Request::UserList { domain },
+                UserCommand::Disable { jid } => Request::UserDisable {
+                    jid,
+                    disabled: true,
+                },
+                UserCommand::Enable { jid } => Request::UserDisable {
+                    jid,
+                    disabled: false,
+                },
             };
             user_command(&config, req).await
         }
@@ -230,6 +242,14 @@ async fn user_command(config: &Config, req: Request) -> ExitCode {
         Request::UserAdd { jid, .. } => println!("created {jid}"),
         Request::UserDel { jid } => println!("deleted {jid}"),
         Request::UserPasswd { jid, .. } => println!("password changed for {jid}"),
+        Request::UserDisable {
+            jid,
+            disabled: true,
+        } => println!("disabled {jid}"),
+        Request::UserDisable {
+            jid,
+            disabled: false,
+        } => println!("re-enabled {jid}"),
         Request::S2sList => {}
     }
     ExitCode::SUCCESS

@@ -45,11 +45,21 @@ impl IqHandler for Info {
                 return Err(simple_error(Cond::BadRequest, None));
             }
             if let Some(node) = req.payload.attr("node") {
-                // A node of an account (PEP): the feature that keeps it.
-                if let Target::Account(user) = &req.target {
-                    for d in ctx.registry.account_discos() {
-                        if let Some(r) = d.node_info(ctx, user, &req.from, node).await {
-                            return r;
+                // A node of an account (PEP) or of the server (commands):
+                // the feature that keeps it.
+                match &req.target {
+                    Target::Account(user) => {
+                        for d in ctx.registry.account_discos() {
+                            if let Some(r) = d.node_info(ctx, user, &req.from, node).await {
+                                return r;
+                            }
+                        }
+                    }
+                    Target::Server => {
+                        for n in ctx.registry.server_node_providers() {
+                            if let Some(r) = n.info(ctx, &req.from, node) {
+                                return r;
+                            }
                         }
                     }
                 }
@@ -105,7 +115,18 @@ impl IqHandler for Items {
                     return Err(simple_error(Cond::ServiceUnavailable, None));
                 }
             }
-            if req.payload.attr("node").is_some() {
+            if let Some(node) = req.payload.attr("node") {
+                if req.target == Target::Server {
+                    for n in ctx.registry.server_node_providers() {
+                        if let Some(items) = n.items(ctx, &req.from, node) {
+                            let mut q = element("query", ns::DISCO_ITEMS, &[("node", node)]);
+                            for it in items {
+                                q.append_child(it);
+                            }
+                            return Ok(Some(q));
+                        }
+                    }
+                }
                 return Err(simple_error(Cond::ItemNotFound, None));
             }
             let mut q = Element::bare("query", ns::DISCO_ITEMS);

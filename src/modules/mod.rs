@@ -318,6 +318,15 @@ pub trait PersonalEvents: Send + Sync {
 
 /// What an account shows in service discovery beyond its features: items
 /// and nodes (PEP nodes), for the requester `from`.
+/// Nodes of the server's own disco (XEP-0030 node queries at the
+/// domain): the ad-hoc command list and each command. `None`: not a node
+/// of this feature.
+pub trait ServerNodes: Send + Sync {
+    fn items<'a>(&'a self, ctx: &'a Arc<Ctx>, from: &'a Jid, node: &'a str)
+        -> Option<Vec<Element>>;
+    fn info<'a>(&'a self, ctx: &'a Arc<Ctx>, from: &'a Jid, node: &'a str) -> Option<IqResult>;
+}
+
 pub trait AccountDisco: Send + Sync {
     /// disco#items of the account (no node).
     fn items<'a>(
@@ -360,6 +369,7 @@ pub struct Registry {
     personal_events: Option<Arc<dyn PersonalEvents>>,
     account_identities: Vec<(&'static str, &'static str)>,
     account_disco: Vec<Arc<dyn AccountDisco>>,
+    server_nodes: Vec<Arc<dyn ServerNodes>>,
 }
 
 impl Registry {
@@ -553,6 +563,14 @@ impl Registry {
         &self.account_disco
     }
 
+    pub fn server_nodes(&mut self, n: Arc<dyn ServerNodes>) {
+        self.server_nodes.push(n);
+    }
+
+    pub fn server_node_providers(&self) -> &[Arc<dyn ServerNodes>] {
+        &self.server_nodes
+    }
+
     pub fn iq_handler(&self, ns: &str, target: &Target) -> Option<Arc<dyn IqHandler>> {
         let e = self.iq.get(ns)?;
         let ok = match target {
@@ -675,5 +693,6 @@ pub fn registry(config: &crate::config::Config) -> Registry {
     read_status::register(&mut r);
     crate::pep::register(&mut r);
     crate::muc::register(&mut r, config);
+    crate::adhoc::register(&mut r);
     r
 }

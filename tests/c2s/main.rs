@@ -4,6 +4,7 @@
 
 mod common;
 
+mod adhoc;
 mod archive;
 mod auth;
 mod carbons;
