@@ -19,7 +19,7 @@ use xmpp_parsers::stream_error::DefinedCondition as SC;
 
 use crate::modules::Event;
 use crate::server::Ctx;
-use crate::store::Stores;
+use crate::store::{Grantee, Stores};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -46,6 +46,50 @@ pub enum Request {
     },
     /// The server-to-server streams now open (running server only).
     S2sList,
+    /// Grant (`on`) or revoke a right to an account (`JID`) or a group
+    /// (`@NAME`).
+    RightSet {
+        who: String,
+        right: String,
+        on: bool,
+    },
+    /// The grants: all, or those an account holds (directly or through its
+    /// groups), or a group's.
+    RightList {
+        who: Option<String>,
+    },
+    /// Create (`on`) or delete a group.
+    GroupSet {
+        name: String,
+        on: bool,
+    },
+    /// The groups and their members.
+    GroupList,
+    /// Add (`on`) or remove a member of a group.
+    GroupMember {
+        group: String,
+        jid: String,
+        on: bool,
+    },
+}
+
+/// One right someone holds (`confab rights list`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantRow {
+    /// A JID, or `@NAME` for a group.
+    pub who: String,
+    pub right: String,
+    /// For an account's rights: `@NAME` when it holds the right through
+    /// that group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
+}
+
+/// A group and its members (`confab group list`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupRow {
+    pub name: String,
+    pub members: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -57,6 +101,10 @@ pub struct Response {
     pub users: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub streams: Vec<crate::s2s::StreamRow>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub grants: Vec<GrantRow>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<GroupRow>,
 }
 
 impl Response {
@@ -66,14 +114,15 @@ impl Response {
             error: None,
             users: Vec::new(),
             streams: Vec::new(),
+            grants: Vec::new(),
+            groups: Vec::new(),
         }
     }
     fn err(e: impl Into<String>) -> Self {
         Response {
             ok: false,
             error: Some(e.into()),
-            users: Vec::new(),
-            streams: Vec::new(),
+            ..Response::ok()
         }
     }
 }
@@ -163,6 +212,11 @@ pub async fn execute(
                 // Sessions end after the account is gone: a login that
                 // binds from now on finds no account (c2s::negotiate
                 // checks after binding), one bound before is closed here.
+                stores
+                    .policy
+                    .forget_user(j.as_str())
+                    .await
+                    .map_err(|e| e.to_string())?;
                 if let Some(ctx) = ctx {
                     for r in ctx.sessions.resources(&j) {
                         r.mailbox.close(SC::NotAuthorized, "account deleted");
@@ -213,6 +267,77 @@ pub async fn execute(
                 tracing::info!(jid = %j, disabled, "account disabled or re-enabled");
                 Ok(Response::ok())
             }
+            Request::RightSet { who, right, on } => {
+                let right = crate::policy::Right::parse(&right)?;
+                let g = grantee(stores, domain, &who).await?;
+                let changed = stores
+                    .policy
+                    .set_right(&g, right.name(), on)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                tracing::info!(who = %who, right = right.name(), granted = on, changed, "right granted or revoked");
+                Ok(Response::ok())
+            }
+            Request::RightList { who } => {
+                let grants = rights(stores, domain, who.as_deref()).await?;
+                Ok(Response {
+                    grants,
+                    ..Response::ok()
+                })
+            }
+            Request::GroupSet { name, on } => {
+                crate::policy::check_group_name(&name)?;
+                let changed = stores
+                    .policy
+                    .set_group(&name, on)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if !changed {
+                    return Err(if on {
+                        format!("the group {name} exists already")
+                    } else {
+                        no_group(stores, &name).await
+                    });
+                }
+                tracing::info!(group = %name, created = on, "group created or deleted");
+                Ok(Response::ok())
+            }
+            Request::GroupList => {
+                let mut groups = Vec::new();
+                for name in stores.policy.groups().await.map_err(|e| e.to_string())? {
+                    let members = stores
+                        .policy
+                        .members(&name)
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .unwrap_or_default();
+                    groups.push(GroupRow { name, members });
+                }
+                Ok(Response {
+                    groups,
+                    ..Response::ok()
+                })
+            }
+            Request::GroupMember { group, jid, on } => {
+                crate::policy::check_group_name(&group)?;
+                let j = account(&jid, domain)?;
+                if on {
+                    existing(stores, &j).await?;
+                }
+                match stores
+                    .policy
+                    .set_member(&group, j.as_str(), on)
+                    .await
+                    .map_err(|e| e.to_string())?
+                {
+                    None => return Err(no_group(stores, &group).await),
+                    Some(false) if on => return Err(format!("{j} is in {group} already")),
+                    Some(false) => return Err(format!("{j} is not in {group}")),
+                    Some(true) => {}
+                }
+                tracing::info!(%group, jid = %j, member = on, "group member added or removed");
+                Ok(Response::ok())
+            }
             Request::S2sList => {
                 // Without a running server there are no streams.
                 let streams = ctx
@@ -239,6 +364,76 @@ pub async fn execute(
     }
     .await;
     r.unwrap_or_else(Response::err)
+}
+
+/// `@NAME` (an existing group) or an existing account of `domain`.
+async fn grantee(stores: &Stores, domain: &str, who: &str) -> Result<Grantee, String> {
+    let g = crate::policy::grantee(who, |j| account(j, domain))?;
+    match &g {
+        Grantee::Group(name) => {
+            if stores
+                .policy
+                .members(name)
+                .await
+                .map_err(|e| e.to_string())?
+                .is_none()
+            {
+                return Err(no_group(stores, name).await);
+            }
+        }
+        Grantee::User(j) => {
+            let j = BareJid::new(j).map_err(|e| e.to_string())?;
+            existing(stores, &j).await?;
+        }
+    }
+    Ok(g)
+}
+
+/// "No such group", with the list of those there are.
+pub async fn no_group(stores: &Stores, name: &str) -> String {
+    let groups = stores.policy.groups().await.unwrap_or_default();
+    if groups.is_empty() {
+        format!("there is no group {name:?} (there are no groups)")
+    } else {
+        format!(
+            "there is no group {name:?}; the groups are {}",
+            groups.join(", ")
+        )
+    }
+}
+
+/// The grants `who` holds (an account: directly and through its groups),
+/// or every grant.
+async fn rights(stores: &Stores, domain: &str, who: Option<&str>) -> Result<Vec<GrantRow>, String> {
+    let all = stores.policy.grants().await.map_err(|e| e.to_string())?;
+    let row = |g: &Grantee, right: &str, via: Option<String>| GrantRow {
+        who: crate::policy::grantee_name(g),
+        right: right.to_string(),
+        via,
+    };
+    let Some(who) = who else {
+        return Ok(all.iter().map(|(g, r)| row(g, r, None)).collect());
+    };
+    let g = grantee(stores, domain, who).await?;
+    let mut out: Vec<GrantRow> = all
+        .iter()
+        .filter(|(x, _)| *x == g)
+        .map(|(x, r)| row(x, r, None))
+        .collect();
+    if let Grantee::User(j) = &g {
+        for group in stores
+            .policy
+            .groups_of(j)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            let via = Grantee::Group(group);
+            for (_, r) in all.iter().filter(|(x, _)| *x == via) {
+                out.push(row(&g, r, Some(crate::policy::grantee_name(&via))));
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Serve the admin socket of a running server.

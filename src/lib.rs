@@ -16,6 +16,7 @@ pub mod modules;
 pub mod muc;
 pub mod net;
 pub mod pep;
+pub mod policy;
 pub mod router;
 pub mod s2s;
 pub mod sasl;

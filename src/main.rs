@@ -34,6 +34,18 @@ enum Command {
         #[command(subcommand)]
         command: UserCommand,
     },
+    /// Rights (sms, av, screen_share) of accounts (JID) and groups
+    /// (@NAME). Works whether or not the server runs.
+    Rights {
+        #[command(subcommand)]
+        command: RightsCommand,
+    },
+    /// Groups of accounts (for rights). Works whether or not the server
+    /// runs.
+    Group {
+        #[command(subcommand)]
+        command: GroupCommand,
+    },
     /// Federation: the server-to-server streams of the running server.
     S2s {
         #[command(subcommand)]
@@ -41,6 +53,40 @@ enum Command {
     },
     /// Print the effective configuration, or what is wrong with it (exit 1).
     CheckConfig,
+}
+
+#[derive(Subcommand)]
+enum RightsCommand {
+    /// Grant RIGHT to an account (JID) or a group (@NAME).
+    Grant { who: String, right: String },
+    /// Revoke RIGHT from an account or a group.
+    Revoke { who: String, right: String },
+    /// Every grant, or those of one account (also through its groups) or
+    /// group.
+    List { who: Option<String> },
+}
+
+#[derive(Subcommand)]
+enum GroupCommand {
+    /// Create a group (a-z, 0-9, '.', '_', '-').
+    Add { name: String },
+    /// Delete a group, with its memberships and grants.
+    Del { name: String },
+    /// The groups and their members.
+    List,
+    /// Add or remove members.
+    Member {
+        #[command(subcommand)]
+        command: MemberCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum MemberCommand {
+    /// Add the account JID to group NAME.
+    Add { name: String, jid: String },
+    /// Remove the account JID from group NAME.
+    Del { name: String, jid: String },
 }
 
 #[derive(Subcommand)]
@@ -85,6 +131,16 @@ fn init_logging(config: &Config) {
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+/// Logging for the admin commands: warnings only.
+fn quiet_logging(config: &Config) {
+    init_logging(&Config {
+        log: confab::config::Log {
+            level: "warn".into(),
+        },
+        ..config.clone()
+    });
 }
 
 fn load_config(path: Option<&std::path::Path>) -> Result<(Config, Option<PathBuf>), ExitCode> {
@@ -137,13 +193,48 @@ async fn main() -> ExitCode {
         Command::S2s {
             command: S2sCommand::List { json },
         } => s2s_list(&config, json).await,
-        Command::User { command } => {
-            init_logging(&Config {
-                log: confab::config::Log {
-                    level: "warn".into(),
+        Command::Rights { command } => {
+            let req = match command {
+                RightsCommand::Grant { who, right } => Request::RightSet {
+                    who,
+                    right,
+                    on: true,
                 },
-                ..config.clone()
-            });
+                RightsCommand::Revoke { who, right } => Request::RightSet {
+                    who,
+                    right,
+                    on: false,
+                },
+                RightsCommand::List { who } => Request::RightList { who },
+            };
+            quiet_logging(&config);
+            user_command(&config, req).await
+        }
+        Command::Group { command } => {
+            let req = match command {
+                GroupCommand::Add { name } => Request::GroupSet { name, on: true },
+                GroupCommand::Del { name } => Request::GroupSet { name, on: false },
+                GroupCommand::List => Request::GroupList,
+                GroupCommand::Member {
+                    command: MemberCommand::Add { name, jid },
+                } => Request::GroupMember {
+                    group: name,
+                    jid,
+                    on: true,
+                },
+                GroupCommand::Member {
+                    command: MemberCommand::Del { name, jid },
+                } => Request::GroupMember {
+                    group: name,
+                    jid,
+                    on: false,
+                },
+            };
+            quiet_logging(&config);
+            user_command(&config, req).await
+        }
+        Command::User { command } => {
+            quiet_logging(&config);
             let req = match command {
                 UserCommand::Add { jid, password } => {
                     match password.map(Ok).unwrap_or_else(read_password) {
@@ -250,6 +341,45 @@ async fn user_command(config: &Config, req: Request) -> ExitCode {
             jid,
             disabled: false,
         } => println!("re-enabled {jid}"),
+        Request::RightSet { who, right, on } => {
+            println!(
+                "{} {right} {} {who}",
+                if on { "granted" } else { "revoked" },
+                if on { "to" } else { "from" }
+            )
+        }
+        Request::RightList { .. } => {
+            println!("{:<40} {:<14} VIA", "WHO", "RIGHT");
+            for g in resp.grants {
+                println!(
+                    "{:<40} {:<14} {}",
+                    g.who,
+                    g.right,
+                    g.via.as_deref().unwrap_or("-")
+                );
+            }
+        }
+        Request::GroupSet { name, on } => {
+            println!("{} group {name}", if on { "created" } else { "deleted" })
+        }
+        Request::GroupList => {
+            println!("{:<24} {:>7} MEMBERS", "GROUP", "COUNT");
+            for g in resp.groups {
+                println!(
+                    "{:<24} {:>7} {}",
+                    g.name,
+                    g.members.len(),
+                    g.members.join(" ")
+                );
+            }
+        }
+        Request::GroupMember { group, jid, on } => {
+            println!(
+                "{} {jid} {} {group}",
+                if on { "added" } else { "removed" },
+                if on { "to" } else { "from" }
+            )
+        }
         Request::S2sList => {}
     }
     ExitCode::SUCCESS

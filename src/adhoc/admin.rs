@@ -29,26 +29,32 @@ const MOTD_KEY: &str = "admin:motd";
 /// Most bytes of an announcement or message of the day.
 const MAX_TEXT: usize = 16 * 1024;
 
-type FormFn = for<'a> fn(&'a Arc<Ctx>) -> BoxFuture<'a, CmdResult<Vec<Field>>>;
-type RunFn =
+pub(super) type FormFn = for<'a> fn(&'a Arc<Ctx>) -> BoxFuture<'a, CmdResult<Vec<Field>>>;
+pub(super) type RunFn =
     for<'a> fn(&'a Arc<Ctx>, &'a Jid, Option<&'a DataForm>) -> BoxFuture<'a, CmdResult<Done>>;
+
+/// A command's action with a switch (grant or revoke, add or remove).
+pub(super) type FlagFn =
+    for<'a> fn(&'a Arc<Ctx>, &'a Jid, Option<&'a DataForm>, bool) -> BoxFuture<'a, CmdResult<Done>>;
 
 /// What a command does once its form is in.
 #[derive(Clone, Copy)]
-enum Action {
+pub(super) enum Action {
     Run(RunFn),
+    /// One action for two commands, told apart by the flag.
+    Flag(FlagFn, bool),
     /// A count of accounts: completes at once.
     Count(Who),
     /// A list of accounts, up to the form's `max_items`.
     List(Who),
-    /// Disable (`true`) or re-enable the form's accounts.
-    Disable(bool),
 }
 
 /// A XEP-0133 command: one form (or none), then its action.
 struct Admin {
     node: String,
     name: &'static str,
+    /// The `FORM_TYPE` of its forms.
+    form_type: &'static str,
     listed: bool,
     form: Option<FormFn>,
     run: Action,
@@ -81,7 +87,7 @@ impl Command for Admin {
                 Some(f) => f(ctx).await?,
                 None => Vec::new(),
             };
-            let mut form = DataForm::new(DataFormType::Form, FORM_TYPE, fields);
+            let mut form = DataForm::new(DataFormType::Form, self.form_type, fields);
             form.title = Some(self.name.to_string());
             Ok(form)
         })
@@ -96,13 +102,13 @@ impl Command for Admin {
             Action::Run(f) => f(ctx, by, forms.first()),
             Action::Count(who) => count(ctx, who),
             Action::List(who) => list(ctx, forms.first(), who),
-            Action::Disable(d) => set_disabled(ctx, by, forms.first(), d),
+            Action::Flag(f, on) => f(ctx, by, forms.first(), on),
         }
     }
 }
 
 pub fn commands(out: &mut Vec<Arc<dyn Command>>) {
-    use Action::{Count, Disable, List, Run};
+    use Action::{Count, Flag, List, Run};
     let cmds: [(&'static str, &'static str, Option<FormFn>, Action); 17] = [
         ("add-user", "Add a user", Some(add_user_form), Run(add_user)),
         (
@@ -115,13 +121,13 @@ pub fn commands(out: &mut Vec<Arc<dyn Command>>) {
             "disable-user",
             "Disable users",
             Some(account_jids_form),
-            Disable(true),
+            Flag(set_disabled, true),
         ),
         (
             "reenable-user",
             "Re-enable users",
             Some(account_jids_form),
-            Disable(false),
+            Flag(set_disabled, false),
         ),
         (
             "change-user-password",
@@ -208,6 +214,7 @@ pub fn commands(out: &mut Vec<Arc<dyn Command>>) {
         out.push(Arc::new(Admin {
             node: format!("{PREFIX}{node}"),
             name,
+            form_type: FORM_TYPE,
             listed: node != "get-user-password",
             form,
             run,
@@ -215,9 +222,27 @@ pub fn commands(out: &mut Vec<Arc<dyn Command>>) {
     }
 }
 
+/// An admin command of Confab's own (`urn:confab:cmd:…`): one form (or
+/// none), then `run`.
+pub(super) fn confab_command(
+    node: &'static str,
+    name: &'static str,
+    form: Option<FormFn>,
+    run: Action,
+) -> Arc<dyn Command> {
+    Arc::new(Admin {
+        node: node.to_string(),
+        name,
+        form_type: super::policy::FORM_TYPE,
+        listed: true,
+        form,
+        run,
+    })
+}
+
 // --- Forms -------------------------------------------------------------
 
-fn field(var: &str, typ: FieldType, label: &str, required: bool) -> Field {
+pub(super) fn field(var: &str, typ: FieldType, label: &str, required: bool) -> Field {
     let mut f = Field::new(var, typ);
     f.label = Some(label.to_string());
     f.required = required;
@@ -324,14 +349,14 @@ fn edit_motd_form(ctx: &Arc<Ctx>) -> BoxFuture<'_, CmdResult<Vec<Field>>> {
 }
 
 /// The values of `var` in a submitted form.
-fn values<'a>(form: Option<&'a DataForm>, var: &str) -> &'a [String] {
+pub(super) fn values<'a>(form: Option<&'a DataForm>, var: &str) -> &'a [String] {
     form.and_then(|f| f.fields.iter().find(|x| x.var.as_deref() == Some(var)))
         .map(|f| f.values.as_slice())
         .unwrap_or(&[])
 }
 
 /// The one value of a required single-value field.
-fn required<'a>(form: Option<&'a DataForm>, var: &str) -> CmdResult<&'a str> {
+pub(super) fn required<'a>(form: Option<&'a DataForm>, var: &str) -> CmdResult<&'a str> {
     match values(form, var) {
         [v] if !v.trim().is_empty() => Ok(v.as_str()),
         [] => Err(bad_field(var, "missing")),
@@ -341,7 +366,7 @@ fn required<'a>(form: Option<&'a DataForm>, var: &str) -> CmdResult<&'a str> {
 }
 
 /// A text-multi field's lines, joined; required.
-fn text(form: Option<&DataForm>, var: &str) -> CmdResult<String> {
+pub(super) fn text(form: Option<&DataForm>, var: &str) -> CmdResult<String> {
     let t = values(form, var).join("\n");
     if t.trim().is_empty() {
         return Err(bad_field(var, "missing"));
@@ -354,7 +379,7 @@ fn text(form: Option<&DataForm>, var: &str) -> CmdResult<String> {
 
 /// Accounts of this server named by `var` (bare JIDs), each existing:
 /// all checked before anything is done.
-async fn existing_accounts(
+pub(super) async fn existing_accounts(
     ctx: &Arc<Ctx>,
     form: Option<&DataForm>,
     var: &str,
@@ -396,10 +421,20 @@ fn account_of(ctx: &Ctx, var: &str, v: &str) -> CmdResult<BareJid> {
 }
 
 /// Run an account request as the CLI does; its error names `var`.
-async fn account_request(ctx: &Arc<Ctx>, var: &str, req: Request) -> CmdResult<()> {
+pub(super) async fn account_request(ctx: &Arc<Ctx>, var: &str, req: Request) -> CmdResult<()> {
+    ask(ctx, var, req).await.map(|_| ())
+}
+
+/// Run an admin request as the CLI does: its answer, or its error naming
+/// `var`.
+pub(super) async fn ask(
+    ctx: &Arc<Ctx>,
+    var: &str,
+    req: Request,
+) -> CmdResult<crate::admin::Response> {
     let r = execute(&ctx.stores, &ctx.domain, Some(ctx), req).await;
     if r.ok {
-        return Ok(());
+        return Ok(r);
     }
     Err(bad_field(var, r.error.as_deref().unwrap_or("refused")))
 }
@@ -514,7 +549,7 @@ fn change_password<'a>(
     })
 }
 
-fn names(jids: &[BareJid]) -> String {
+pub(super) fn names(jids: &[BareJid]) -> String {
     jids.iter()
         .map(|j| j.as_str())
         .collect::<Vec<_>>()
@@ -563,7 +598,7 @@ fn online(ctx: &Ctx) -> Vec<String> {
 
 /// Whose accounts a count or list command is about.
 #[derive(Clone, Copy)]
-enum Who {
+pub(super) enum Who {
     Registered,
     Disabled,
     Online,

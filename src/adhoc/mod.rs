@@ -32,6 +32,7 @@ use crate::store::BoxFuture;
 use crate::xml::ns;
 
 pub mod admin;
+pub mod policy;
 
 pub const NS: &str = "http://jabber.org/protocol/commands";
 
@@ -166,6 +167,7 @@ pub struct Commands {
 pub fn register(r: &mut Registry) {
     let mut commands: Vec<Arc<dyn Command>> = Vec::new();
     admin::commands(&mut commands);
+    policy::commands(&mut commands);
     let c = Arc::new(Commands {
         commands,
         sessions: Mutex::default(),

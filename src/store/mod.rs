@@ -16,6 +16,7 @@ pub mod sled;
 mod sled_archive;
 mod sled_journal;
 mod sled_pep;
+mod sled_policy;
 mod sled_rooms;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -807,6 +808,51 @@ pub trait PepStore: Send + Sync {
     ) -> BoxFuture<'a, StoreResult<Vec<PepItem>>>;
 }
 
+/// Whom a right is granted to.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Grantee {
+    /// An account (bare JID).
+    User(String),
+    /// An admin-defined group of accounts.
+    Group(String),
+}
+
+/// Administration policy: rights granted to accounts and groups, and the
+/// groups with their members. Names and rights are checked by the caller
+/// (`crate::policy`).
+pub trait PolicyStore: Send + Sync {
+    /// Grant (`on`) or revoke `right`: `Ok(false)` when nothing changed.
+    fn set_right<'a>(
+        &'a self,
+        who: &'a Grantee,
+        right: &'a str,
+        on: bool,
+    ) -> BoxFuture<'a, StoreResult<bool>>;
+    fn granted<'a>(&'a self, who: &'a Grantee, right: &'a str) -> BoxFuture<'a, StoreResult<bool>>;
+    /// Every grant, sorted.
+    fn grants(&self) -> BoxFuture<'_, StoreResult<Vec<(Grantee, String)>>>;
+    /// Create (`on`) or delete a group (its members and grants with it):
+    /// `Ok(false)` when nothing changed.
+    fn set_group<'a>(&'a self, name: &'a str, on: bool) -> BoxFuture<'a, StoreResult<bool>>;
+    /// The groups, sorted.
+    fn groups(&self) -> BoxFuture<'_, StoreResult<Vec<String>>>;
+    /// A group's members, sorted; `None` when there is no such group.
+    fn members<'a>(&'a self, group: &'a str) -> BoxFuture<'a, StoreResult<Option<Vec<String>>>>;
+    /// Add (`on`) or remove a member: `None` when there is no such group,
+    /// else whether something changed.
+    fn set_member<'a>(
+        &'a self,
+        group: &'a str,
+        jid: &'a str,
+        on: bool,
+    ) -> BoxFuture<'a, StoreResult<Option<bool>>>;
+    /// The groups `jid` is a member of, sorted.
+    fn groups_of<'a>(&'a self, jid: &'a str) -> BoxFuture<'a, StoreResult<Vec<String>>>;
+    /// A deleted account's grants and memberships go.
+    fn forget_user<'a>(&'a self, jid: &'a str) -> BoxFuture<'a, StoreResult<()>>;
+}
+
 /// Every store the server uses.
 #[derive(Clone)]
 pub struct Stores {
@@ -818,6 +864,7 @@ pub struct Stores {
     pub journal: Arc<dyn JournalStore>,
     pub rooms: Arc<dyn RoomStore>,
     pub pep: Arc<dyn PepStore>,
+    pub policy: Arc<dyn PolicyStore>,
     /// Flush and close (on shutdown).
     pub closer: Arc<dyn StoreCloser>,
 }
@@ -840,6 +887,7 @@ impl Stores {
             journal: s.clone(),
             rooms: s.clone(),
             pep: s.clone(),
+            policy: s.clone(),
             closer: s,
         })
     }

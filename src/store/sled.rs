@@ -52,6 +52,8 @@ pub struct SledStore {
     pub(super) pep_locks: Vec<Mutex<()>>,
     /// Rooms (see `sled_rooms.rs`).
     pub(super) rooms: sled::Tree,
+    /// Rights and groups (see `sled_policy.rs`).
+    pub(super) policy: sled::Tree,
     /// Journal entries: user + NUL + conversation → `JournalEntry`.
     pub(super) journal: sled::Tree,
     /// Journal changes not yet in sled, and entries used lately.
@@ -193,6 +195,7 @@ impl SledStore {
             userdata: db.open_tree("userdata").map_err(e)?,
             usage: db.open_tree("usage").map_err(e)?,
             rooms: db.open_tree("rooms").map_err(e)?,
+            policy: db.open_tree("policy").map_err(e)?,
             pep: db.open_tree("pep").map_err(e)?,
             journal,
             journal_cache,

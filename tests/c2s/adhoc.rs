@@ -7,7 +7,7 @@ use minidom::Element;
 const CMDS: &str = "http://jabber.org/protocol/commands";
 const ADMIN: &str = "http://jabber.org/protocol/admin#";
 const DATA: &str = "jabber:x:data";
-const PW: &str = "pw-adhoc-1";
+pub(crate) const PW: &str = "pw-adhoc-1";
 
 async fn server() -> TestServer {
     let s = TestServer::start_with(|c| c.admins = vec![format!("boss@{DOMAIN}")]).await;
@@ -18,7 +18,7 @@ async fn server() -> TestServer {
 }
 
 /// A submitted form: FORM_TYPE plus (var, values).
-fn submit(fields: &[(&str, &[&str])]) -> String {
+pub(crate) fn submit(fields: &[(&str, &[&str])]) -> String {
     let mut x = format!(
         "<x xmlns='{DATA}' type='submit'><field var='FORM_TYPE' type='hidden'>\
          <value>http://jabber.org/protocol/admin</value></field>"
@@ -34,12 +34,12 @@ fn submit(fields: &[(&str, &[&str])]) -> String {
     x
 }
 
-fn command(iq: &Element) -> &Element {
+pub(crate) fn command(iq: &Element) -> &Element {
     iq.get_child("command", CMDS)
         .unwrap_or_else(|| panic!("no <command/>: {}", String::from(iq)))
 }
 
-async fn execute(c: &mut Client, node: &str) -> Element {
+pub(crate) async fn execute(c: &mut Client, node: &str) -> Element {
     c.iq(
         "set",
         Some(DOMAIN),
@@ -48,7 +48,13 @@ async fn execute(c: &mut Client, node: &str) -> Element {
     .await
 }
 
-async fn act(c: &mut Client, node: &str, sid: &str, action: &str, form: &str) -> Element {
+pub(crate) async fn act(
+    c: &mut Client,
+    node: &str,
+    sid: &str,
+    action: &str,
+    form: &str,
+) -> Element {
     c.iq(
         "set",
         Some(DOMAIN),
@@ -60,23 +66,42 @@ async fn act(c: &mut Client, node: &str, sid: &str, action: &str, form: &str) ->
 }
 
 /// Execute `node`, then complete its one form with `fields`.
-async fn run(c: &mut Client, node: &str, fields: &[(&str, &[&str])]) -> Element {
-    let r = execute(c, node).await;
+pub(crate) async fn run(c: &mut Client, node: &str, fields: &[(&str, &[&str])]) -> Element {
+    run_node(c, &format!("{ADMIN}{node}"), fields).await
+}
+
+/// The same for a command's full node name.
+pub(crate) async fn run_node(c: &mut Client, node: &str, fields: &[(&str, &[&str])]) -> Element {
+    let r = c
+        .iq(
+            "set",
+            Some(DOMAIN),
+            &format!("<command xmlns='{CMDS}' node='{node}' action='execute'/>"),
+        )
+        .await;
     assert_eq!(r.attr("type"), Some("result"), "{}", String::from(&r));
     let cmd = command(&r);
     assert_eq!(cmd.attr("status"), Some("executing"));
     let sid = cmd.attr("sessionid").unwrap_or_default().to_string();
-    act(c, node, &sid, "complete", &submit(fields)).await
+    c.iq(
+        "set",
+        Some(DOMAIN),
+        &format!(
+            "<command xmlns='{CMDS}' node='{node}' sessionid='{sid}' action='complete'>{}</command>",
+            submit(fields)
+        ),
+    )
+    .await
 }
 
-fn completed(r: &Element) -> &Element {
+pub(crate) fn completed(r: &Element) -> &Element {
     assert_eq!(r.attr("type"), Some("result"), "{}", String::from(r));
     let cmd = command(r);
     assert_eq!(cmd.attr("status"), Some("completed"), "{}", String::from(r));
     cmd
 }
 
-fn result_values(cmd: &Element, var: &str) -> Vec<String> {
+pub(crate) fn result_values(cmd: &Element, var: &str) -> Vec<String> {
     cmd.get_child("x", DATA)
         .and_then(|x| {
             x.children()

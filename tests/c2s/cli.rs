@@ -120,7 +120,33 @@ async fn user_commands_with_and_without_a_running_server() {
     );
     let out = confab_async(&cfg, &["user", "passwd", "carol@localhost", "newpw"], None).await;
     assert!(out.status.success());
-    s.login("carol", "newpw", "y").await;
+    let mut online = s.login("carol", "newpw", "y").await;
+
+    // Disabled while online: the session ends and logins are refused;
+    // enabled again, carol gets in.
+    let out = confab_async(&cfg, &["user", "disable", "carol@localhost"], None).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        online.stream_error().await.as_deref(),
+        Some("not-authorized")
+    );
+    let mut c = Client::connect(s.addr(), s.cert_path()).await;
+    c.start_stream().await;
+    c.starttls().await;
+    c.start_stream().await;
+    assert_eq!(
+        c.auth_scram("carol", "newpw", Hash::Sha256, false).await,
+        Err("account-disabled".into())
+    );
+    let out = confab_async(&cfg, &["user", "enable", "carol@localhost"], None).await;
+    assert!(out.status.success());
+    s.login("carol", "newpw", "z").await;
+    let out = confab_async(&cfg, &["user", "disable", "nobody@localhost"], None).await;
+    assert!(!out.status.success(), "an unknown account is refused");
 }
 
 #[test]
@@ -141,4 +167,114 @@ fn check_config_names_the_bad_key() {
     let out = confab(&good, &["check-config"], None);
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("example.com"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rights_and_groups_are_one_state_for_the_cli_and_ad_hoc_commands() {
+    use crate::adhoc::{completed, result_values, run_node, PW};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let cfg = write_config(dir.path(), &data);
+    let s = TestServer::start_with(|c| {
+        c.data_dir = data.clone();
+        c.admins = vec!["boss@localhost".into()];
+    })
+    .await;
+    for u in ["boss", "alice", "bob"] {
+        s.add_user(u, PW).await;
+    }
+    let ok = |out: &std::process::Output| {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let stores = &s.handle().ctx.stores;
+    let has = |jid: &str, r: confab::policy::Right| {
+        let jid = xmpp_parsers::jid::BareJid::new(jid).unwrap();
+        async move { confab::policy::has_right(stores, &jid, r).await.unwrap() }
+    };
+    use confab::policy::Right::{Av, ScreenShare, Sms};
+
+    // The CLI: a group with alice, av granted to the group.
+    ok(&confab_async(&cfg, &["group", "add", "sales"], None).await);
+    ok(&confab_async(
+        &cfg,
+        &["group", "member", "add", "sales", "alice@localhost"],
+        None,
+    )
+    .await);
+    ok(&confab_async(&cfg, &["rights", "grant", "@sales", "av"], None).await);
+    assert!(has("alice@localhost", Av).await);
+    assert!(!has("bob@localhost", Av).await);
+
+    // An ad-hoc command sees it and grants sms to bob; the CLI sees that.
+    let mut boss = s.online("boss", PW, "adm").await;
+    let grant = "urn:confab:cmd:rights:grant";
+    let r = run_node(
+        &mut boss,
+        grant,
+        &[("who", &["bob@localhost"]), ("right", &["sms"])],
+    )
+    .await;
+    completed(&r);
+    assert!(has("bob@localhost", Sms).await);
+    let listed = ok(&confab_async(&cfg, &["rights", "list", "bob@localhost"], None).await);
+    assert!(
+        listed.contains("bob@localhost") && listed.contains("sms"),
+        "{listed}"
+    );
+    let r = run_node(
+        &mut boss,
+        "urn:confab:cmd:rights:list",
+        &[("who", &["alice@localhost"])],
+    )
+    .await;
+    assert_eq!(
+        result_values(completed(&r), "grants"),
+        ["alice@localhost av (through @sales)"]
+    );
+
+    // Unknown rights and groups are refused with the valid ones listed.
+    let r = run_node(
+        &mut boss,
+        grant,
+        &[("who", &["bob@localhost"]), ("right", &["fax"])],
+    )
+    .await;
+    assert_eq!(error_condition(&r).as_deref(), Some("bad-request"));
+    assert!(
+        String::from(&r).contains("sms, av, screen_share"),
+        "{}",
+        String::from(&r)
+    );
+    let out = confab_async(&cfg, &["rights", "grant", "@nope", "av"], None).await;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("sales"));
+    let out = confab_async(
+        &cfg,
+        &["rights", "grant", "bob@localhost", "teleport"],
+        None,
+    )
+    .await;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("screen_share"));
+
+    // Removing alice from the group (ad hoc) takes the group's right away;
+    // revoking by CLI takes bob's.
+    let r = run_node(
+        &mut boss,
+        "urn:confab:cmd:group:member-remove",
+        &[("group", &["sales"]), ("accountjids", &["alice@localhost"])],
+    )
+    .await;
+    completed(&r);
+    assert!(!has("alice@localhost", Av).await);
+    ok(&confab_async(&cfg, &["rights", "revoke", "bob@localhost", "sms"], None).await);
+    assert!(!has("bob@localhost", Sms).await);
+    assert!(!has("bob@localhost", ScreenShare).await);
+    let groups = ok(&confab_async(&cfg, &["group", "list"], None).await);
+    assert!(groups.contains("sales"), "{groups}");
 }

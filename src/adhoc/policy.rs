@@ -1,0 +1,280 @@
+//! Confab's administration commands for rights and groups
+//! (`urn:confab:cmd:rights:*`, `urn:confab:cmd:group:*`), for the accounts
+//! in `admins`. They run the same `admin::execute` requests as `confab
+//! rights …` and `confab group …`. See `xeps/confab-rights.md`.
+
+// Errors here are the stanza errors the IQ answers with, as in
+// `modules::IqResult`.
+#![allow(clippy::result_large_err)]
+
+use std::sync::Arc;
+
+use xmpp_parsers::data_forms::{DataForm, DataFormType, Field, FieldType, Option_};
+use xmpp_parsers::jid::Jid;
+
+use super::admin::{
+    account_request, ask, confab_command, existing_accounts, field, names, required, values,
+    Action, FormFn,
+};
+use super::{bad_field, CmdResult, Command, Done};
+use crate::admin::{no_group, Request};
+use crate::policy::Right;
+use crate::server::Ctx;
+use crate::store::BoxFuture;
+
+pub const FORM_TYPE: &str = "urn:confab:cmd:0";
+
+pub fn commands(out: &mut Vec<Arc<dyn Command>>) {
+    use Action::{Flag, Run};
+    let cmds: [(&'static str, &'static str, Option<FormFn>, Action); 8] = [
+        (
+            "urn:confab:cmd:rights:grant",
+            "Grant a right",
+            Some(right_form),
+            Flag(set_right, true),
+        ),
+        (
+            "urn:confab:cmd:rights:revoke",
+            "Revoke a right",
+            Some(right_form),
+            Flag(set_right, false),
+        ),
+        (
+            "urn:confab:cmd:rights:list",
+            "List rights",
+            Some(who_form),
+            Run(list_rights),
+        ),
+        (
+            "urn:confab:cmd:group:add",
+            "Create a group",
+            Some(group_form),
+            Flag(set_group, true),
+        ),
+        (
+            "urn:confab:cmd:group:delete",
+            "Delete a group",
+            Some(group_form),
+            Flag(set_group, false),
+        ),
+        (
+            "urn:confab:cmd:group:list",
+            "List groups",
+            None,
+            Run(group_list),
+        ),
+        (
+            "urn:confab:cmd:group:member-add",
+            "Add members to a group",
+            Some(member_form),
+            Flag(set_members, true),
+        ),
+        (
+            "urn:confab:cmd:group:member-remove",
+            "Remove members from a group",
+            Some(member_form),
+            Flag(set_members, false),
+        ),
+    ];
+    for (node, name, form, run) in cmds {
+        out.push(confab_command(node, name, form, run));
+    }
+}
+
+fn who_field(required: bool) -> Field {
+    field(
+        "who",
+        FieldType::TextSingle,
+        "An account (user@domain), or a group (@name)",
+        required,
+    )
+}
+
+fn right_form(_: &Arc<Ctx>) -> BoxFuture<'_, CmdResult<Vec<Field>>> {
+    Box::pin(async {
+        let mut right = field("right", FieldType::ListSingle, "The right", true);
+        for r in Right::ALL {
+            right.options.push(Option_ {
+                label: Some(r.name().to_string()),
+                value: r.name().to_string(),
+            });
+        }
+        Ok(vec![who_field(true), right])
+    })
+}
+
+fn who_form(_: &Arc<Ctx>) -> BoxFuture<'_, CmdResult<Vec<Field>>> {
+    Box::pin(async { Ok(vec![who_field(false)]) })
+}
+
+fn group_form(_: &Arc<Ctx>) -> BoxFuture<'_, CmdResult<Vec<Field>>> {
+    Box::pin(async {
+        Ok(vec![field(
+            "group",
+            FieldType::TextSingle,
+            "The group's name (a-z, 0-9, '.', '_', '-')",
+            true,
+        )])
+    })
+}
+
+fn member_form(ctx: &Arc<Ctx>) -> BoxFuture<'_, CmdResult<Vec<Field>>> {
+    Box::pin(async move {
+        let mut group = field("group", FieldType::ListSingle, "The group", true);
+        let groups = ctx
+            .stores
+            .policy
+            .groups()
+            .await
+            .map_err(|e| crate::modules::store_failed("group list", e))?;
+        for g in groups {
+            group.options.push(Option_ {
+                label: None,
+                value: g,
+            });
+        }
+        Ok(vec![
+            group,
+            field("accountjids", FieldType::JidMulti, "The accounts", true),
+        ])
+    })
+}
+
+fn set_right<'a>(
+    ctx: &'a Arc<Ctx>,
+    by: &'a Jid,
+    form: Option<&'a DataForm>,
+    on: bool,
+) -> BoxFuture<'a, CmdResult<Done>> {
+    Box::pin(async move {
+        let right = Right::parse(required(form, "right")?).map_err(|e| bad_field("right", &e))?;
+        let who = required(form, "who")?.trim().to_string();
+        account_request(
+            ctx,
+            "who",
+            Request::RightSet {
+                who: who.clone(),
+                right: right.name().to_string(),
+                on,
+            },
+        )
+        .await?;
+        tracing::info!(admin = %by, %who, right = right.name(), granted = on, "admin command: right granted or revoked");
+        let what = if on { "granted to" } else { "revoked from" };
+        Ok(Done::note(format!("{} {what} {who}", right.name())))
+    })
+}
+
+/// A result form with one text-multi field of `lines`.
+fn lines(var: &str, label: &str, lines: Vec<String>) -> Done {
+    let mut f = Field::new(var, FieldType::TextMulti);
+    f.label = Some(label.to_string());
+    f.values = lines;
+    Done::form(DataForm::new(DataFormType::Result_, FORM_TYPE, vec![f]))
+}
+
+fn list_rights<'a>(
+    ctx: &'a Arc<Ctx>,
+    _: &'a Jid,
+    form: Option<&'a DataForm>,
+) -> BoxFuture<'a, CmdResult<Done>> {
+    Box::pin(async move {
+        let who = values(form, "who")
+            .first()
+            .map(|w| w.trim().to_string())
+            .filter(|w| !w.is_empty());
+        let r = ask(ctx, "who", Request::RightList { who }).await?;
+        let rows = r
+            .grants
+            .into_iter()
+            .map(|g| match g.via {
+                Some(v) => format!("{} {} (through {v})", g.who, g.right),
+                None => format!("{} {}", g.who, g.right),
+            })
+            .collect();
+        Ok(lines("grants", "Who holds which right", rows))
+    })
+}
+
+fn set_group<'a>(
+    ctx: &'a Arc<Ctx>,
+    by: &'a Jid,
+    form: Option<&'a DataForm>,
+    on: bool,
+) -> BoxFuture<'a, CmdResult<Done>> {
+    Box::pin(async move {
+        let name = required(form, "group")?.trim().to_string();
+        account_request(
+            ctx,
+            "group",
+            Request::GroupSet {
+                name: name.clone(),
+                on,
+            },
+        )
+        .await?;
+        tracing::info!(admin = %by, group = %name, created = on, "admin command: group created or deleted");
+        let what = if on { "created" } else { "deleted" };
+        Ok(Done::note(format!("group {name} {what}")))
+    })
+}
+
+fn group_list<'a>(
+    ctx: &'a Arc<Ctx>,
+    _: &'a Jid,
+    _: Option<&'a DataForm>,
+) -> BoxFuture<'a, CmdResult<Done>> {
+    Box::pin(async move {
+        let r = ask(ctx, "group", Request::GroupList).await?;
+        let rows = r
+            .groups
+            .into_iter()
+            .map(|g| format!("{}: {}", g.name, g.members.join(" ")))
+            .collect();
+        Ok(lines("groups", "The groups and their members", rows))
+    })
+}
+
+fn set_members<'a>(
+    ctx: &'a Arc<Ctx>,
+    by: &'a Jid,
+    form: Option<&'a DataForm>,
+    on: bool,
+) -> BoxFuture<'a, CmdResult<Done>> {
+    Box::pin(async move {
+        let group = required(form, "group")?.trim().to_string();
+        crate::policy::check_group_name(&group).map_err(|e| bad_field("group", &e))?;
+        let known = ctx
+            .stores
+            .policy
+            .members(&group)
+            .await
+            .map_err(|e| crate::modules::store_failed("group members", e))?;
+        let Some(members) = known else {
+            return Err(bad_field("group", &no_group(&ctx.stores, &group).await));
+        };
+        // Every account checked before anything changes.
+        let jids = existing_accounts(ctx, form, "accountjids").await?;
+        for j in &jids {
+            if members.iter().any(|m| m == j.as_str()) == on {
+                let what = if on { "is in" } else { "is not in" };
+                return Err(bad_field("accountjids", &format!("{j} {what} {group}")));
+            }
+        }
+        for j in &jids {
+            account_request(
+                ctx,
+                "accountjids",
+                Request::GroupMember {
+                    group: group.clone(),
+                    jid: j.to_string(),
+                    on,
+                },
+            )
+            .await?;
+        }
+        tracing::info!(admin = %by, %group, members = %names(&jids), added = on, "admin command: group members added or removed");
+        let what = if on { "added to" } else { "removed from" };
+        Ok(Done::note(format!("{} {what} {group}", names(&jids))))
+    })
+}
