@@ -71,6 +71,32 @@ pub enum Request {
         jid: String,
         on: bool,
     },
+    /// Members of group `from` grant members of group `to` `level`
+    /// (`None`: the policy goes).
+    PolicySet {
+        from: String,
+        to: String,
+        level: Option<String>,
+    },
+    /// The group policies.
+    PolicyList,
+    /// The level `owner` grants `contact`, and where it comes from. A
+    /// running server uses its own `[authz]` defaults; without one, those
+    /// given here (the CLI's configuration).
+    LevelOf {
+        owner: String,
+        contact: String,
+        #[serde(default)]
+        authz: Option<crate::config::Authz>,
+    },
+}
+
+/// A group policy (`confab policy list`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyRow {
+    pub from: String,
+    pub to: String,
+    pub level: String,
 }
 
 /// One right someone holds (`confab rights list`).
@@ -105,6 +131,11 @@ pub struct Response {
     pub grants: Vec<GrantRow>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub groups: Vec<GroupRow>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<PolicyRow>,
+    /// The answer to `LevelOf`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level: Option<(crate::policy::Level, crate::policy::Source)>,
 }
 
 impl Response {
@@ -116,6 +147,8 @@ impl Response {
             streams: Vec::new(),
             grants: Vec::new(),
             groups: Vec::new(),
+            policies: Vec::new(),
+            level: None,
         }
     }
     fn err(e: impl Into<String>) -> Self {
@@ -337,6 +370,66 @@ pub async fn execute(
                 }
                 tracing::info!(%group, jid = %j, member = on, "group member added or removed");
                 Ok(Response::ok())
+            }
+            Request::PolicySet { from, to, level } => {
+                let level = level.as_deref().map(crate::policy::Level::parse).transpose()?;
+                for g in [&from, &to] {
+                    crate::policy::check_group_name(g)?;
+                    if stores
+                        .policy
+                        .members(g)
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .is_none()
+                    {
+                        return Err(no_group(stores, g).await);
+                    }
+                }
+                let changed = stores
+                    .policy
+                    .set_policy(&from, &to, level.map(crate::policy::Level::name))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if level.is_none() && !changed {
+                    return Err(format!("there is no policy from {from} to {to}"));
+                }
+                tracing::info!(%from, %to, level = level.map(crate::policy::Level::name).unwrap_or("none"), "group policy set");
+                Ok(Response::ok())
+            }
+            Request::PolicyList => {
+                let policies = stores
+                    .policy
+                    .policies()
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .into_iter()
+                    .map(|(from, to, level)| PolicyRow { from, to, level })
+                    .collect();
+                Ok(Response {
+                    policies,
+                    ..Response::ok()
+                })
+            }
+            Request::LevelOf {
+                owner,
+                contact,
+                authz,
+            } => {
+                let o = account(&owner, domain)?;
+                existing(stores, &o).await?;
+                let c = BareJid::new(&contact)
+                    .map_err(|e| format!("{contact:?} is not a valid JID: {e}"))?;
+                let authz = ctx
+                    .map(|c| c.config.authz.clone())
+                    .or(authz)
+                    .unwrap_or_default();
+                let l = crate::policy::level(stores, domain, &authz, &o, &c)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(Response {
+                    level: Some(l),
+                    ..Response::ok()
+                })
             }
             Request::S2sList => {
                 // Without a running server there are no streams.

@@ -38,7 +38,29 @@ pub struct Config {
     /// Accounts (bare JIDs of `domain`) that may run the administration
     /// commands (XEP-0050/XEP-0133) from any client.
     pub admins: Vec<String>,
+    /// Authorization levels (PRODUCT.md §2): the defaults.
+    pub authz: Authz,
     pub log: Log,
+}
+
+/// `[authz]`: the level users grant each other when no group policy
+/// applies.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Authz {
+    /// What a user grants accounts of this server.
+    pub default_local: crate::policy::Level,
+    /// What a user grants users of other servers.
+    pub default_remote: crate::policy::Level,
+}
+
+impl Default for Authz {
+    fn default() -> Self {
+        Authz {
+            default_local: crate::policy::Level::Team,
+            default_remote: crate::policy::Level::Public,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -271,6 +293,7 @@ impl Default for Config {
             s2s: S2s::default(),
             dnd_defers_delivery: true,
             admins: Vec::new(),
+            authz: Authz::default(),
             log: Log::default(),
         }
     }

@@ -46,6 +46,12 @@ enum Command {
         #[command(subcommand)]
         command: GroupCommand,
     },
+    /// Authorization-level policies between groups: members of FROM grant
+    /// members of TO a level. Works whether or not the server runs.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
     /// Federation: the server-to-server streams of the running server.
     S2s {
         #[command(subcommand)]
@@ -87,6 +93,23 @@ enum MemberCommand {
     Add { name: String, jid: String },
     /// Remove the account JID from group NAME.
     Del { name: String, jid: String },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Members of group FROM grant members of group TO LEVEL (blocked,
+    /// public, business, team, private).
+    Set {
+        from: String,
+        to: String,
+        level: String,
+    },
+    /// Remove the policy from FROM to TO.
+    Unset { from: String, to: String },
+    /// The group policies.
+    List,
+    /// The level OWNER grants CONTACT, and where it comes from.
+    Show { owner: String, contact: String },
 }
 
 #[derive(Subcommand)]
@@ -206,6 +229,28 @@ async fn main() -> ExitCode {
                     on: false,
                 },
                 RightsCommand::List { who } => Request::RightList { who },
+            };
+            quiet_logging(&config);
+            user_command(&config, req).await
+        }
+        Command::Policy { command } => {
+            let req = match command {
+                PolicyCommand::Set { from, to, level } => Request::PolicySet {
+                    from,
+                    to,
+                    level: Some(level),
+                },
+                PolicyCommand::Unset { from, to } => Request::PolicySet {
+                    from,
+                    to,
+                    level: None,
+                },
+                PolicyCommand::List => Request::PolicyList,
+                PolicyCommand::Show { owner, contact } => Request::LevelOf {
+                    owner,
+                    contact,
+                    authz: Some(config.authz.clone()),
+                },
             };
             quiet_logging(&config);
             user_command(&config, req).await
@@ -379,6 +424,28 @@ async fn user_command(config: &Config, req: Request) -> ExitCode {
                 if on { "added" } else { "removed" },
                 if on { "to" } else { "from" }
             )
+        }
+        Request::PolicySet { from, to, level } => match level {
+            Some(l) => println!("members of {from} grant members of {to} {l}"),
+            None => println!("removed the policy from {from} to {to}"),
+        },
+        Request::PolicyList => {
+            println!("{:<24} {:<24} LEVEL", "FROM", "TO");
+            for p in resp.policies {
+                println!("{:<24} {:<24} {}", p.from, p.to, p.level);
+            }
+        }
+        Request::LevelOf { owner, contact, .. } => {
+            if let Some((level, source)) = resp.level {
+                let from = match source {
+                    confab::policy::Source::Group { from, to } => {
+                        format!("group policy {from} -> {to}")
+                    }
+                    confab::policy::Source::DefaultLocal => "authz.default_local".into(),
+                    confab::policy::Source::DefaultRemote => "authz.default_remote".into(),
+                };
+                println!("{owner} grants {contact} {} ({from})", level.name());
+            }
         }
         Request::S2sList => {}
     }

@@ -18,7 +18,7 @@ use super::admin::{
 };
 use super::{bad_field, CmdResult, Command, Done};
 use crate::admin::{no_group, Request};
-use crate::policy::Right;
+use crate::policy::{Level, Right};
 use crate::server::Ctx;
 use crate::store::BoxFuture;
 
@@ -26,7 +26,25 @@ pub const FORM_TYPE: &str = "urn:confab:cmd:0";
 
 pub fn commands(out: &mut Vec<Arc<dyn Command>>) {
     use Action::{Flag, Run};
-    let cmds: [(&'static str, &'static str, Option<FormFn>, Action); 8] = [
+    let cmds: [(&'static str, &'static str, Option<FormFn>, Action); 11] = [
+        (
+            "urn:confab:cmd:policy:set",
+            "Set a group policy (authorization level)",
+            Some(policy_form),
+            Flag(set_policy, true),
+        ),
+        (
+            "urn:confab:cmd:policy:unset",
+            "Remove a group policy",
+            Some(policy_form),
+            Flag(set_policy, false),
+        ),
+        (
+            "urn:confab:cmd:policy:list",
+            "List group policies",
+            None,
+            Run(policy_list),
+        ),
         (
             "urn:confab:cmd:rights:grant",
             "Grant a right",
@@ -118,21 +136,93 @@ fn group_form(_: &Arc<Ctx>) -> BoxFuture<'_, CmdResult<Vec<Field>>> {
     })
 }
 
-fn member_form(ctx: &Arc<Ctx>) -> BoxFuture<'_, CmdResult<Vec<Field>>> {
+/// A list-single field offering the groups.
+async fn group_choice(ctx: &Arc<Ctx>, var: &str, label: &str) -> CmdResult<Field> {
+    let mut group = field(var, FieldType::ListSingle, label, true);
+    let groups = ctx
+        .stores
+        .policy
+        .groups()
+        .await
+        .map_err(|e| crate::modules::store_failed("group list", e))?;
+    for g in groups {
+        group.options.push(Option_ {
+            label: None,
+            value: g,
+        });
+    }
+    Ok(group)
+}
+
+fn policy_form(ctx: &Arc<Ctx>) -> BoxFuture<'_, CmdResult<Vec<Field>>> {
     Box::pin(async move {
-        let mut group = field("group", FieldType::ListSingle, "The group", true);
-        let groups = ctx
-            .stores
-            .policy
-            .groups()
-            .await
-            .map_err(|e| crate::modules::store_failed("group list", e))?;
-        for g in groups {
-            group.options.push(Option_ {
+        let mut level = field("level", FieldType::ListSingle, "The level (for set)", false);
+        for l in Level::ALL {
+            level.options.push(Option_ {
                 label: None,
-                value: g,
+                value: l.name().to_string(),
             });
         }
+        Ok(vec![
+            group_choice(ctx, "from", "Members of this group grant").await?,
+            group_choice(ctx, "to", "members of this group").await?,
+            level,
+        ])
+    })
+}
+
+fn set_policy<'a>(
+    ctx: &'a Arc<Ctx>,
+    by: &'a Jid,
+    form: Option<&'a DataForm>,
+    on: bool,
+) -> BoxFuture<'a, CmdResult<Done>> {
+    Box::pin(async move {
+        let from = required(form, "from")?.trim().to_string();
+        let to = required(form, "to")?.trim().to_string();
+        let level = if on {
+            let l = Level::parse(required(form, "level")?).map_err(|e| bad_field("level", &e))?;
+            Some(l.name().to_string())
+        } else {
+            None
+        };
+        account_request(
+            ctx,
+            "from",
+            Request::PolicySet {
+                from: from.clone(),
+                to: to.clone(),
+                level: level.clone(),
+            },
+        )
+        .await?;
+        tracing::info!(admin = %by, %from, %to, level = level.as_deref().unwrap_or("none"), "admin command: group policy set");
+        Ok(Done::note(match level {
+            Some(l) => format!("members of {from} grant members of {to} {l}"),
+            None => format!("the policy from {from} to {to} is removed"),
+        }))
+    })
+}
+
+fn policy_list<'a>(
+    ctx: &'a Arc<Ctx>,
+    _: &'a Jid,
+    _: Option<&'a DataForm>,
+) -> BoxFuture<'a, CmdResult<Done>> {
+    Box::pin(async move {
+        let r = ask(ctx, "from", Request::PolicyList).await?;
+        let rows = r
+            .policies
+            .into_iter()
+            .map(|p| format!("{} -> {}: {}", p.from, p.to, p.level))
+            .collect();
+        Ok(lines("policies", "Group policies", rows))
+    })
+}
+
+fn member_form(ctx: &Arc<Ctx>) -> BoxFuture<'_, CmdResult<Vec<Field>>> {
+    Box::pin(async move {
+        let group = group_choice(ctx, "group", "The group").await?;
         Ok(vec![
             group,
             field("accountjids", FieldType::JidMulti, "The accounts", true),

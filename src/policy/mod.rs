@@ -5,6 +5,7 @@
 //! `admin::execute` (CLI and ad-hoc commands alike). See
 //! `xeps/confab-rights.md`.
 
+use serde::{Deserialize, Serialize};
 use xmpp_parsers::jid::BareJid;
 
 use crate::store::{Grantee, StoreResult, Stores};
@@ -99,4 +100,99 @@ pub fn grantee_name(g: &Grantee) -> String {
         Grantee::User(j) => j.clone(),
         Grantee::Group(n) => format!("@{n}"),
     }
+}
+
+/// The authorization level a user grants another (PRODUCT.md §2), lowest
+/// first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    Blocked,
+    Public,
+    Business,
+    Team,
+    Private,
+}
+
+impl Level {
+    pub const ALL: [Level; 5] = [
+        Level::Blocked,
+        Level::Public,
+        Level::Business,
+        Level::Team,
+        Level::Private,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Level::Blocked => "blocked",
+            Level::Public => "public",
+            Level::Business => "business",
+            Level::Team => "team",
+            Level::Private => "private",
+        }
+    }
+
+    /// A level by name, or an error that lists the valid ones.
+    pub fn parse(s: &str) -> Result<Level, String> {
+        Level::ALL
+            .into_iter()
+            .find(|l| l.name() == s)
+            .ok_or_else(|| format!("unknown level {s:?}; the levels are {}", Level::names()))
+    }
+
+    pub fn names() -> String {
+        Level::ALL.map(Level::name).join(", ")
+    }
+}
+
+/// Where an effective level comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Source {
+    /// A policy: members of `from` grant members of `to` the level (the
+    /// highest of the policies that apply).
+    Group { from: String, to: String },
+    /// `[authz] default_local`: the contact is an account of this server.
+    DefaultLocal,
+    /// `[authz] default_remote`: the contact is on another server.
+    DefaultRemote,
+}
+
+/// The level `owner` grants `contact`, and where it comes from:
+/// the highest group policy from one of `owner`'s groups to one of
+/// `contact`'s, else the default for local or remote contacts.
+pub async fn level(
+    stores: &Stores,
+    domain: &str,
+    authz: &crate::config::Authz,
+    owner: &BareJid,
+    contact: &BareJid,
+) -> StoreResult<(Level, Source)> {
+    let mine = stores.policy.groups_of(owner.as_str()).await?;
+    let theirs = if mine.is_empty() {
+        Vec::new()
+    } else {
+        stores.policy.groups_of(contact.as_str()).await?
+    };
+    let mut best: Option<(Level, Source)> = None;
+    if !theirs.is_empty() {
+        for (from, to, l) in stores.policy.policies().await? {
+            let Ok(l) = Level::parse(&l) else {
+                continue;
+            };
+            if mine.contains(&from) && theirs.contains(&to) && best.as_ref().is_none_or(|b| l > b.0)
+            {
+                best = Some((l, Source::Group { from, to }));
+            }
+        }
+    }
+    if let Some(b) = best {
+        return Ok(b);
+    }
+    Ok(if contact.domain().as_str() == domain {
+        (authz.default_local, Source::DefaultLocal)
+    } else {
+        (authz.default_remote, Source::DefaultRemote)
+    })
 }

@@ -851,6 +851,16 @@ pub trait PolicyStore: Send + Sync {
     fn groups_of<'a>(&'a self, jid: &'a str) -> BoxFuture<'a, StoreResult<Vec<String>>>;
     /// A deleted account's grants and memberships go.
     fn forget_user<'a>(&'a self, jid: &'a str) -> BoxFuture<'a, StoreResult<()>>;
+    /// Set (`Some`) or remove the level members of group `from` grant
+    /// members of group `to`: `Ok(false)` when nothing changed.
+    fn set_policy<'a>(
+        &'a self,
+        from: &'a str,
+        to: &'a str,
+        level: Option<&'a str>,
+    ) -> BoxFuture<'a, StoreResult<bool>>;
+    /// Every group policy (from, to, level), sorted.
+    fn policies(&self) -> BoxFuture<'_, StoreResult<Vec<(String, String, String)>>>;
 }
 
 /// Every store the server uses.

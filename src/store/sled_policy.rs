@@ -3,7 +3,8 @@
 //!   `u:` + bare JID or `g:` + group name;
 //! - `g` + group → nothing: the group exists;
 //! - `m` + group + NUL + JID → nothing: a member;
-//! - `j` + JID + NUL + group → nothing: the same membership, by account.
+//! - `j` + JID + NUL + group → nothing: the same membership, by account;
+//! - `p` + group + NUL + group → a level's name: a group policy.
 //!
 //! Each change that touches several keys is one atomic batch.
 
@@ -128,6 +129,11 @@ impl PolicyStore for SledStore {
                     drop_membership(&mut batch, name, &jid);
                 }
                 drop_grants(&self.policy, &mut batch, &Grantee::Group(name.to_string()))?;
+                for (from, to, _) in self.policies().await? {
+                    if from == name || to == name {
+                        batch.remove(key(b'p', &from, Some(&to)));
+                    }
+                }
             }
             self.policy.apply_batch(batch).map_err(e)?;
             self.commit().await?;
@@ -203,6 +209,45 @@ impl PolicyStore for SledStore {
             drop_grants(&self.policy, &mut batch, &Grantee::User(jid.to_string()))?;
             self.policy.apply_batch(batch).map_err(e)?;
             self.commit().await
+        })
+    }
+
+    fn set_policy<'a>(
+        &'a self,
+        from: &'a str,
+        to: &'a str,
+        level: Option<&'a str>,
+    ) -> BoxFuture<'a, StoreResult<bool>> {
+        Box::pin(async move {
+            let k = key(b'p', from, Some(to));
+            let before = match level {
+                Some(l) => self.policy.insert(k, l.as_bytes()),
+                None => self.policy.remove(k),
+            }
+            .map_err(e)?;
+            let changed = before.as_deref() != level.map(str::as_bytes);
+            if changed {
+                self.commit().await?;
+            }
+            Ok(changed)
+        })
+    }
+
+    fn policies(&self) -> BoxFuture<'_, StoreResult<Vec<(String, String, String)>>> {
+        Box::pin(async move {
+            let mut out = Vec::new();
+            for kv in self.policy.scan_prefix([b'p']) {
+                let (k, v) = kv.map_err(e)?;
+                let rest = String::from_utf8_lossy(&k[1..]).into_owned();
+                if let Some((from, to)) = rest.split_once('\0') {
+                    out.push((
+                        from.to_string(),
+                        to.to_string(),
+                        String::from_utf8_lossy(&v).into_owned(),
+                    ));
+                }
+            }
+            Ok(out)
         })
     }
 }

@@ -169,20 +169,27 @@ fn check_config_names_the_bad_key() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("example.com"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rights_and_groups_are_one_state_for_the_cli_and_ad_hoc_commands() {
-    use crate::adhoc::{completed, result_values, run_node, PW};
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let cfg = write_config(dir.path(), &data);
+/// A server on `dir`/data with boss as its admin, alice and bob, and the
+/// CLI's configuration for the same data dir.
+async fn admin_server(dir: &std::path::Path) -> (TestServer, std::path::PathBuf) {
+    let data = dir.join("data");
+    let cfg = write_config(dir, &data);
     let s = TestServer::start_with(|c| {
         c.data_dir = data.clone();
         c.admins = vec!["boss@localhost".into()];
     })
     .await;
     for u in ["boss", "alice", "bob"] {
-        s.add_user(u, PW).await;
+        s.add_user(u, crate::adhoc::PW).await;
     }
+    (s, cfg)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rights_and_groups_are_one_state_for_the_cli_and_ad_hoc_commands() {
+    use crate::adhoc::{completed, result_values, run_node, PW};
+    let dir = tempfile::tempdir().unwrap();
+    let (s, cfg) = admin_server(dir.path()).await;
     let ok = |out: &std::process::Output| {
         assert!(
             out.status.success(),
@@ -277,4 +284,93 @@ async fn rights_and_groups_are_one_state_for_the_cli_and_ad_hoc_commands() {
     assert!(!has("bob@localhost", ScreenShare).await);
     let groups = ok(&confab_async(&cfg, &["group", "list"], None).await);
     assert!(groups.contains("sales"), "{groups}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_policies_beat_the_defaults_and_the_highest_applies() {
+    use crate::adhoc::{completed, run_node, PW};
+    let dir = tempfile::tempdir().unwrap();
+    let (s, cfg) = admin_server(dir.path()).await;
+    let run = |args: &'static [&'static str]| confab_async(&cfg, args, None);
+    let out_of = |o: std::process::Output| {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+
+    // The defaults: team for local contacts, public for remote ones.
+    let shown = out_of(run(&["policy", "show", "alice@localhost", "bob@localhost"]).await);
+    assert!(
+        shown.contains("grants bob@localhost team (authz.default_local)"),
+        "{shown}"
+    );
+    let shown = out_of(run(&["policy", "show", "alice@localhost", "carol@partner.example"]).await);
+    assert!(shown.contains("public (authz.default_remote)"), "{shown}");
+
+    // A group policy beats the default; of two, the higher applies.
+    for a in [
+        &["group", "add", "sales"][..],
+        &["group", "add", "staff"],
+        &["group", "add", "vendors"],
+        &["group", "member", "add", "sales", "alice@localhost"],
+        &["group", "member", "add", "vendors", "bob@localhost"],
+        &["group", "member", "add", "staff", "bob@localhost"],
+        &["policy", "set", "sales", "vendors", "business"],
+    ] {
+        out_of(confab_async(&cfg, a, None).await);
+    }
+    let shown = out_of(run(&["policy", "show", "alice@localhost", "bob@localhost"]).await);
+    assert!(
+        shown.contains("business (group policy sales -> vendors)"),
+        "{shown}"
+    );
+    // The other way round nothing applies: bob's groups grant alice's none.
+    let shown = out_of(run(&["policy", "show", "bob@localhost", "alice@localhost"]).await);
+    assert!(shown.contains("team (authz.default_local)"), "{shown}");
+
+    // An ad-hoc command adds sales -> staff private: the higher one wins.
+    let mut boss = s.online("boss", PW, "adm").await;
+    let r = run_node(
+        &mut boss,
+        "urn:confab:cmd:policy:set",
+        &[
+            ("from", &["sales"]),
+            ("to", &["staff"]),
+            ("level", &["private"]),
+        ],
+    )
+    .await;
+    completed(&r);
+    let shown = out_of(run(&["policy", "show", "alice@localhost", "bob@localhost"]).await);
+    assert!(
+        shown.contains("private (group policy sales -> staff)"),
+        "{shown}"
+    );
+    let listed = out_of(run(&["policy", "list"]).await);
+    assert!(
+        listed.contains("vendors") && listed.contains("private"),
+        "{listed}"
+    );
+
+    // Unset; unknown levels and groups are refused with the valid ones.
+    out_of(run(&["policy", "unset", "sales", "staff"]).await);
+    let shown = out_of(run(&["policy", "show", "alice@localhost", "bob@localhost"]).await);
+    assert!(shown.contains("business"), "{shown}");
+    let o = run(&["policy", "set", "sales", "staff", "friends"]).await;
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("blocked, public, business, team, private"));
+    let o = run(&["policy", "set", "sales", "nobody", "team"]).await;
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("staff"));
+    let r = run_node(
+        &mut boss,
+        "urn:confab:cmd:policy:set",
+        &[
+            ("from", &["sales"]),
+            ("to", &["staff"]),
+            ("level", &["friends"]),
+        ],
+    )
+    .await;
+    assert_eq!(error_condition(&r).as_deref(), Some("bad-request"));
+    assert!(String::from(&r).contains("level"), "{}", String::from(&r));
 }
