@@ -124,6 +124,16 @@ impl Drains {
 /// queue.
 pub async fn store_or_bounce(ctx: &Arc<Ctx>, user: &BareJid, el: Element) {
     store(ctx, user, el).await;
+    // This message was stored without the drain lock (no drain ran when it
+    // was routed). A drain claimed since may be about to find the queue
+    // empty and end: wait until it has either looked (and seen this
+    // message) or ended, so that the check below sees no stale owner.
+    // Without the wait, a session leaving dnd could end its drain between
+    // our store and the check, and the message would stay stored until
+    // the next presence change.
+    if let Some(lock) = ctx.offline_drains.lock_of(user) {
+        drop(lock.lock().await);
+    }
     ensure_drain(ctx, user);
 }
 

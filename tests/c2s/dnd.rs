@@ -198,3 +198,44 @@ async fn dnd_deferral_can_be_switched_off() {
     let got = b.expect_where(has_body).await;
     assert_eq!(body(&got).as_deref(), Some("now"));
 }
+
+/// Messages sent while the recipient flips in and out of dnd, with no
+/// pause between: none may stay held once the recipient is out of dnd
+/// (a race between storing a held message and a drain finding the queue
+/// empty left one stored until the next presence change).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_message_stays_held_when_dnd_flips_under_traffic() {
+    let s = server_with(&["alice", "bob"], true).await;
+    let mut alice = s.online("alice", PW, "a").await;
+    let mut bob = online_dnd(&s, "bob", "b").await;
+    const N: usize = 60;
+    for i in 0..N {
+        alice
+            .send_raw(&chat("bob@localhost", &format!("m{i}")))
+            .await;
+        if i % 2 == 0 {
+            bob.send_raw("<presence/>").await;
+        } else {
+            bob.send_raw("<presence><show>dnd</show></presence>").await;
+        }
+    }
+    settle(&mut alice).await;
+    bob.send_raw("<presence/>").await;
+    let mut got = std::collections::BTreeSet::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while got.len() < N && tokio::time::Instant::now() < deadline {
+        if let Some(e) = bob.element_within(Duration::from_millis(500)).await {
+            if has_body(&e) {
+                got.insert(body(&e).unwrap_or_default());
+            }
+        }
+    }
+    let missing: Vec<String> = (0..N)
+        .map(|i| format!("m{i}"))
+        .filter(|m| !got.contains(m))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "still held once bob left dnd: {missing:?}"
+    );
+}
