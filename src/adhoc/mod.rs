@@ -187,8 +187,8 @@ impl Commands {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Open a session for `owner` at stage 0.
-    fn open(&self, node: &str, owner: &Jid) -> CmdResult<String> {
+    /// Whether `owner` may open one more session.
+    fn admit(&self, owner: &Jid) -> CmdResult<()> {
         let mut m = self.sessions();
         m.retain(|_, s| s.last.elapsed() < SESSION_IDLE);
         let mine = m.values().filter(|s| s.owner == *owner).count();
@@ -198,18 +198,7 @@ impl Commands {
                 Some("too many command sessions open; complete or cancel one"),
             ));
         }
-        let id = random_id(12);
-        m.insert(
-            id.clone(),
-            Session {
-                node: node.to_string(),
-                owner: owner.clone(),
-                stage: 0,
-                forms: Vec::new(),
-                last: Instant::now(),
-            },
-        );
-        Ok(id)
+        Ok(())
     }
 
     /// The session `id` of `owner` on `node`, taken out (put back with
@@ -337,8 +326,14 @@ impl Commands {
                     .await
                     .map(Some);
             }
-            let id = self.open(cmd.node(), &req.from)?;
-            let s = self.take(&id, &req.from, cmd.node())?;
+            self.admit(&req.from)?;
+            let s = Session {
+                node: cmd.node().to_string(),
+                owner: req.from.clone(),
+                stage: 0,
+                forms: Vec::new(),
+                last: Instant::now(),
+            };
             let shown = self.show(ctx, &cmd, &id, &s).await;
             if shown.is_ok() {
                 self.keep(id, s);

@@ -62,6 +62,10 @@ fn drop_grants(tree: &sled::Tree, batch: &mut sled::Batch, who: &Grantee) -> Sto
 }
 
 impl SledStore {
+    fn group_exists(&self, name: &str) -> StoreResult<bool> {
+        self.policy.contains_key(key(b'g', name, None)).map_err(e)
+    }
+
     /// Insert (`on`) or remove one key: whether something changed.
     async fn toggle(&self, k: Vec<u8>, on: bool) -> StoreResult<bool> {
         let before = if on {
@@ -116,8 +120,7 @@ impl PolicyStore for SledStore {
 
     fn set_group<'a>(&'a self, name: &'a str, on: bool) -> BoxFuture<'a, StoreResult<bool>> {
         Box::pin(async move {
-            let exists = self.policy.contains_key(key(b'g', name, None)).map_err(e)?;
-            if exists == on {
+            if self.group_exists(name)? == on {
                 return Ok(false);
             }
             let mut batch = sled::Batch::default();
@@ -154,11 +157,7 @@ impl PolicyStore for SledStore {
 
     fn members<'a>(&'a self, group: &'a str) -> BoxFuture<'a, StoreResult<Option<Vec<String>>>> {
         Box::pin(async move {
-            if !self
-                .policy
-                .contains_key(key(b'g', group, None))
-                .map_err(e)?
-            {
+            if !self.group_exists(group)? {
                 return Ok(None);
             }
             seconds(&self.policy, b'm', group).map(Some)
@@ -172,11 +171,7 @@ impl PolicyStore for SledStore {
         on: bool,
     ) -> BoxFuture<'a, StoreResult<Option<bool>>> {
         Box::pin(async move {
-            if !self
-                .policy
-                .contains_key(key(b'g', group, None))
-                .map_err(e)?
-            {
+            if !self.group_exists(group)? {
                 return Ok(None);
             }
             let m = key(b'm', group, Some(jid));
