@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use xmpp_parsers::jid::BareJid;
+use xmpp_parsers::jid::{BareJid, Jid};
 use xmpp_parsers::stream_error::DefinedCondition as SC;
 
 use crate::modules::Event;
@@ -254,6 +254,8 @@ pub async fn execute(
                     for r in ctx.sessions.resources(&j) {
                         r.mailbox.close(SC::NotAuthorized, "account deleted");
                     }
+                    ctx.levels.forget(&j);
+                    ctx.levels.groups_changed();
                     ctx.registry.emit(ctx, Event::UserDeleted { jid: &j }).await;
                 }
                 tracing::info!(jid = %j, "account deleted");
@@ -320,6 +322,13 @@ pub async fn execute(
             }
             Request::GroupSet { name, on } => {
                 crate::policy::check_group_name(&name)?;
+                // Whose levels a deletion may change.
+                let members = stores
+                    .policy
+                    .members(&name)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .unwrap_or_default();
                 let changed = stores
                     .policy
                     .set_group(&name, on)
@@ -333,6 +342,12 @@ pub async fn execute(
                     });
                 }
                 tracing::info!(group = %name, created = on, "group created or deleted");
+                if let Some(ctx) = ctx {
+                    ctx.levels.groups_changed();
+                    for m in members.iter().filter_map(|m| BareJid::new(m).ok()) {
+                        crate::modules::authz::member_changed(ctx, &m).await;
+                    }
+                }
                 Ok(Response::ok())
             }
             Request::GroupList => {
@@ -369,6 +384,9 @@ pub async fn execute(
                     Some(true) => {}
                 }
                 tracing::info!(%group, jid = %j, member = on, "group member added or removed");
+                if let Some(ctx) = ctx {
+                    crate::modules::authz::member_changed(ctx, &j).await;
+                }
                 Ok(Response::ok())
             }
             Request::PolicySet { from, to, level } => {
@@ -394,6 +412,15 @@ pub async fn execute(
                     return Err(format!("there is no policy from {from} to {to}"));
                 }
                 tracing::info!(%from, %to, level = level.map(crate::policy::Level::name).unwrap_or("none"), "group policy set");
+                if let Some(ctx) = ctx {
+                    let owners: Vec<BareJid> = members_of(stores, &from)
+                        .await
+                        .iter()
+                        .filter_map(|m| BareJid::new(m).ok())
+                        .collect();
+                    let contacts = members_of(stores, &to).await;
+                    crate::modules::authz::groups_changed(ctx, &owners, Some(&contacts)).await;
+                }
                 Ok(Response::ok())
             }
             Request::PolicyList => {
@@ -423,9 +450,16 @@ pub async fn execute(
                     .map(|c| c.config.authz.clone())
                     .or(authz)
                     .unwrap_or_default();
-                let l = crate::policy::level(stores, domain, &authz, &o, &c)
+                // The running server's cache, else a fresh one.
+                let fresh = crate::policy::Levels::default();
+                let levels = ctx.map_or(&fresh, |c| &c.levels);
+                let person = c.node().is_some()
+                    && ctx.is_none_or(|x| x.registry.component_for(c.domain().as_str()).is_none());
+                let l = levels
+                    .level(stores, domain, &authz, &o, &Jid::from(c.clone()), person)
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| e.to_string())?
+                    .ok_or_else(|| format!("{c} is not a user: only the block list applies, and it does not cover it"))?;
                 Ok(Response {
                     level: Some(l),
                     ..Response::ok()
@@ -480,6 +514,17 @@ async fn grantee(stores: &Stores, domain: &str, who: &str) -> Result<Grantee, St
         }
     }
     Ok(g)
+}
+
+/// A group's members (none when it is gone or cannot be read).
+async fn members_of(stores: &Stores, group: &str) -> Vec<String> {
+    stores
+        .policy
+        .members(group)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_default()
 }
 
 /// "No such group", with the list of those there are.

@@ -441,6 +441,10 @@ async fn user_command(config: &Config, req: Request) -> ExitCode {
                     confab::policy::Source::Group { from, to } => {
                         format!("group policy {from} -> {to}")
                     }
+                    confab::policy::Source::Override => "the user's own override".into(),
+                    confab::policy::Source::Blocklist { item } => {
+                        format!("the user's block list item {item}")
+                    }
                     confab::policy::Source::DefaultLocal => "authz.default_local".into(),
                     confab::policy::Source::DefaultRemote => "authz.default_remote".into(),
                 };

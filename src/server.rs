@@ -39,6 +39,8 @@ pub struct Ctx {
     /// Federation, unless `[s2s] enabled = false`.
     pub s2s: Option<crate::s2s::S2s>,
     pub throttle: AuthThrottle,
+    /// Authorization levels and the choices behind them, cached.
+    pub levels: crate::policy::Levels,
     /// Reading limits of an authenticated stream.
     pub limits: xml::Limits,
     /// Reading limits before authentication: nothing a client needs to
@@ -216,6 +218,7 @@ impl ServerHandle {
             stores,
             sessions: Sessions::new(),
             offline_drains: Default::default(),
+            levels: Default::default(),
             resumable: Default::default(),
             tls,
             s2s,

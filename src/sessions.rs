@@ -467,6 +467,9 @@ pub enum Interest {
     BlockList = 2,
     /// Enabled message carbons (XEP-0280).
     Carbons = 4,
+    /// Asked for authorization levels, so gets their pushes
+    /// (`urn:confab:authz:0`).
+    Authz = 8,
 }
 
 impl Interest {

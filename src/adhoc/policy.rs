@@ -97,6 +97,143 @@ pub fn commands(out: &mut Vec<Arc<dyn Command>>) {
     for (node, name, form, run) in cmds {
         out.push(confab_command(node, name, form, run));
     }
+    out.push(Arc::new(PolicyEdit));
+}
+
+/// `urn:confab:cmd:policy:edit`, in two stages: pick the two groups, then
+/// the level, shown with the one the policy has now (`none`: no policy).
+struct PolicyEdit;
+
+const NO_POLICY: &str = "none";
+
+impl PolicyEdit {
+    /// The groups of the first form, both existing.
+    async fn groups(ctx: &Arc<Ctx>, first: Option<&DataForm>) -> CmdResult<(String, String)> {
+        let from = required(first, "from")?.trim().to_string();
+        let to = required(first, "to")?.trim().to_string();
+        let groups = ctx
+            .stores
+            .policy
+            .groups()
+            .await
+            .map_err(|e| crate::modules::store_failed("group list", e))?;
+        for (var, g) in [("from", &from), ("to", &to)] {
+            if !groups.contains(g) {
+                return Err(bad_field(var, &no_group(&ctx.stores, g).await));
+            }
+        }
+        Ok((from, to))
+    }
+
+    async fn current(ctx: &Arc<Ctx>, from: &str, to: &str) -> CmdResult<Option<String>> {
+        let all = ctx
+            .stores
+            .policy
+            .policies()
+            .await
+            .map_err(|e| crate::modules::store_failed("group policies", e))?;
+        Ok(all
+            .into_iter()
+            .find(|(f, t, _)| f == from && t == to)
+            .map(|(_, _, l)| l))
+    }
+}
+
+impl Command for PolicyEdit {
+    fn node(&self) -> &str {
+        "urn:confab:cmd:policy:edit"
+    }
+    fn name(&self) -> &'static str {
+        "Edit a group policy"
+    }
+    fn access(&self) -> super::Access {
+        super::Access::Admin
+    }
+    fn stages(&self) -> usize {
+        2
+    }
+    fn form<'a>(
+        &'a self,
+        ctx: &'a Arc<Ctx>,
+        stage: usize,
+        earlier: &'a [DataForm],
+    ) -> BoxFuture<'a, CmdResult<DataForm>> {
+        Box::pin(async move {
+            let (title, fields) = if stage == 0 {
+                (
+                    "Edit a group policy: the groups".to_string(),
+                    vec![
+                        group_choice(ctx, "from", "Members of this group grant").await?,
+                        group_choice(ctx, "to", "members of this group").await?,
+                    ],
+                )
+            } else {
+                let (from, to) = Self::groups(ctx, earlier.first()).await?;
+                let now = Self::current(ctx, &from, &to).await?;
+                let mut level = field(
+                    "level",
+                    FieldType::ListSingle,
+                    "The level (none: no policy)",
+                    true,
+                );
+                level.values = vec![now.unwrap_or_else(|| NO_POLICY.to_string())];
+                for v in Level::ALL.map(Level::name).into_iter().chain([NO_POLICY]) {
+                    level.options.push(Option_ {
+                        label: None,
+                        value: v.to_string(),
+                    });
+                }
+                (
+                    format!("The level members of {from} grant members of {to}"),
+                    vec![level],
+                )
+            };
+            let mut form = DataForm::new(DataFormType::Form, FORM_TYPE, fields);
+            form.title = Some(title);
+            Ok(form)
+        })
+    }
+    fn run<'a>(
+        &'a self,
+        ctx: &'a Arc<Ctx>,
+        by: &'a Jid,
+        forms: &'a [DataForm],
+    ) -> BoxFuture<'a, CmdResult<Done>> {
+        Box::pin(async move {
+            let (from, to) = Self::groups(ctx, forms.first()).await?;
+            let choice = required(forms.get(1), "level")?.trim();
+            let level = if choice == NO_POLICY {
+                None
+            } else {
+                Some(
+                    Level::parse(choice)
+                        .map_err(|e| bad_field("level", &format!("{e}, or {NO_POLICY}")))?
+                        .name()
+                        .to_string(),
+                )
+            };
+            if level.is_none() && Self::current(ctx, &from, &to).await?.is_none() {
+                return Ok(Done::note(format!(
+                    "there is no policy from {from} to {to}: nothing changed"
+                )));
+            }
+            account_request(
+                ctx,
+                "level",
+                Request::PolicySet {
+                    from: from.clone(),
+                    to: to.clone(),
+                    level: level.clone(),
+                },
+            )
+            .await?;
+            tracing::info!(admin = %by, %from, %to, level = level.as_deref().unwrap_or("none"), "admin command: group policy edited");
+            Ok(Done::note(match level {
+                Some(l) => format!("members of {from} grant members of {to} {l}"),
+                None => format!("the policy from {from} to {to} is removed"),
+            }))
+        })
+    }
 }
 
 fn who_field(required: bool) -> Field {

@@ -16,6 +16,7 @@ use xmpp_parsers::stanza_error::StanzaError;
 use crate::server::Ctx;
 use crate::store::BoxFuture;
 
+pub mod authz;
 pub mod blocking;
 pub mod carbons;
 pub mod disco;
@@ -152,6 +153,11 @@ pub enum Stage {
     /// the user sent it (before the border rules): the local side's
     /// archive and journal.
     BeforeRemote,
+    /// A local user's presence on its way to one contact that subscribed
+    /// to it (a broadcast, an answer to a probe, the presence a contact
+    /// gets at login), before the user's `Outbound` filters; not directed
+    /// presence, which goes as the user sent it.
+    ToSubscriber,
     /// A stanza that came from another server, after the stream's spoof
     /// check and the border rules, before routing.
     FromRemote,
@@ -683,6 +689,7 @@ pub fn registry(config: &crate::config::Config) -> Registry {
     vcard::register(&mut r);
     private::register(&mut r);
     blocking::register(&mut r);
+    authz::register(&mut r);
     carbons::register(&mut r);
     mam::register(&mut r, config);
     history::register(&mut r, config);

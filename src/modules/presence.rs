@@ -7,7 +7,7 @@ use std::sync::Arc;
 use minidom::Element;
 use xmpp_parsers::jid::{BareJid, FullJid, Jid};
 
-use super::{roster, Event, Registry};
+use super::{roster, Event, Registry, Stage};
 use crate::c2s::{Backlog, ClientState};
 use crate::router;
 use crate::server::Ctx;
@@ -128,7 +128,7 @@ async fn broadcast(ctx: &Arc<Ctx>, st: &mut ClientState, el: Element) {
 
     let subscribers = roster::contacts(ctx, &st.bare, |i| i.subscription.has_from()).await;
     for (i, item) in subscribers.iter().enumerate() {
-        router::send_as_user(ctx, with_to(&el, &item.jid)).await;
+        to_subscriber(ctx, with_to(&el, &item.jid)).await;
         if i % BROADCAST_BATCH == BROADCAST_BATCH - 1 {
             tokio::task::yield_now().await;
         }
@@ -327,13 +327,26 @@ async fn answer_probe(ctx: &Arc<Ctx>, user: &BareJid, prober: &Jid) {
     }
 }
 
-/// Send `user`'s current presence (each available resource) to `to`.
+/// Send `user`'s current presence (each available resource) to `to`, a
+/// subscriber or prober.
 pub async fn send_current_to(ctx: &Arc<Ctx>, user: &BareJid, to: &Jid) {
     for r in ctx.sessions.resources(user) {
         if let Some(p) = r.presence_to(to.as_str()) {
-            router::send_as_user(ctx, p).await;
+            to_subscriber(ctx, p).await;
         }
     }
+}
+
+/// A user's presence `p` (with `from` and `to`) to one subscriber or
+/// prober: shaped by the `ToSubscriber` processors (what the contact may
+/// see), then sent as the user.
+async fn to_subscriber(ctx: &Arc<Ctx>, mut p: Element) {
+    if let (Ok(Some(from)), Ok(Some(to))) = (jid_attr(&p, "from"), jid_attr(&p, "to")) {
+        ctx.registry
+            .run_processors(ctx, Stage::ToSubscriber, &from, &to, &mut p)
+            .await;
+    }
+    router::send_as_user(ctx, p).await;
 }
 
 /// Unavailable presence from each of `user`'s available resources to

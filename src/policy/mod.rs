@@ -8,6 +8,10 @@
 use serde::{Deserialize, Serialize};
 use xmpp_parsers::jid::BareJid;
 
+pub mod levels;
+
+pub use levels::Levels;
+
 use crate::store::{Grantee, StoreResult, Stores};
 
 /// A right an admin grants.
@@ -153,46 +157,14 @@ pub enum Source {
     /// A policy: members of `from` grant members of `to` the level (the
     /// highest of the policies that apply).
     Group { from: String, to: String },
+    /// The owner's own override for this contact (a `blocked` override
+    /// is the contact's bare JID on the XEP-0191 block list).
+    Override,
+    /// A XEP-0191 block list item that covers the contact but is not its
+    /// bare JID (its domain, or one of its full JIDs).
+    Blocklist { item: String },
     /// `[authz] default_local`: the contact is an account of this server.
     DefaultLocal,
     /// `[authz] default_remote`: the contact is on another server.
     DefaultRemote,
-}
-
-/// The level `owner` grants `contact`, and where it comes from:
-/// the highest group policy from one of `owner`'s groups to one of
-/// `contact`'s, else the default for local or remote contacts.
-pub async fn level(
-    stores: &Stores,
-    domain: &str,
-    authz: &crate::config::Authz,
-    owner: &BareJid,
-    contact: &BareJid,
-) -> StoreResult<(Level, Source)> {
-    let mine = stores.policy.groups_of(owner.as_str()).await?;
-    let theirs = if mine.is_empty() {
-        Vec::new()
-    } else {
-        stores.policy.groups_of(contact.as_str()).await?
-    };
-    let mut best: Option<(Level, Source)> = None;
-    if !theirs.is_empty() {
-        for (from, to, l) in stores.policy.policies().await? {
-            let Ok(l) = Level::parse(&l) else {
-                continue;
-            };
-            if mine.contains(&from) && theirs.contains(&to) && best.as_ref().is_none_or(|b| l > b.0)
-            {
-                best = Some((l, Source::Group { from, to }));
-            }
-        }
-    }
-    if let Some(b) = best {
-        return Ok(b);
-    }
-    Ok(if contact.domain().as_str() == domain {
-        (authz.default_local, Source::DefaultLocal)
-    } else {
-        (authz.default_remote, Source::DefaultRemote)
-    })
 }

@@ -82,6 +82,8 @@ pub mod ns {
     pub const PRIVATE: &str = "jabber:iq:private";
     pub const BLOCKING: &str = "urn:xmpp:blocking";
     pub const BLOCKING_ERRORS: &str = "urn:xmpp:blocking:errors";
+    /// Confab's per-contact authorization levels (`xeps/confab-authz.md`).
+    pub const AUTHZ: &str = "urn:confab:authz:0";
     pub const DELAY: &str = "urn:xmpp:delay";
     pub const OFFLINE: &str = "msgoffline";
     pub const CARBONS: &str = "urn:xmpp:carbons:2";
