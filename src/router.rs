@@ -19,9 +19,13 @@
 //! (offline drain in progress: the stored queue), presence rules, IQ on
 //! the account's behalf.
 //!
-//! Filters (block lists, and later authorization levels) are about other
-//! people: nothing between a user and the server itself, nor between a
-//! user and their own account, ever passes through them.
+//! A user's presence to each subscriber (`modules::presence`: broadcast,
+//! probe answers, login) passes the `ToSubscriber` processors (presence
+//! detail by authorization level) before it is sent as the user.
+//!
+//! Filters (authorization levels, the block list among them) are about
+//! other people: nothing between a user and the server itself, nor
+//! between a user and their own account, ever passes through them.
 
 use crate::stanza::Bare;
 use std::future::Future;

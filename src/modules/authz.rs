@@ -16,7 +16,7 @@ use super::{
     bad_request, store_failed, Filter, IqHandler, IqRequest, IqResult, IqType, Point, Processor,
     Registry, Stage, Verdict,
 };
-use crate::policy::levels::Delta;
+use crate::policy::levels::{ChangeError, Delta, MAX_CHOICES};
 use crate::policy::{Level, Source};
 use crate::server::Ctx;
 use crate::sessions::Interest;
@@ -277,16 +277,29 @@ impl IqHandler for Protocol {
                             for (j, l) in &changes {
                                 c.set(j, *l, d);
                             }
-                            Ok::<_, crate::store::StoreError>(())
                         })
                         .await
-                        .map_err(|e| store_failed("storing levels", e))?;
+                        .map_err(|e| change_failed("storing levels", e))?;
                     tracing::debug!(user = %owner, n = changes.len(), "levels overridden");
                     applied(ctx, &owner, &d).await;
                     Ok(None)
                 }
             }
         })
+    }
+}
+
+/// The error for a change of choices that was not made.
+pub fn change_failed(what: &str, e: ChangeError) -> StanzaError {
+    match e {
+        ChangeError::Store(e) => store_failed(what, e),
+        ChangeError::TooMany => stanza::error(
+            ErrorType::Modify,
+            Cond::PolicyViolation,
+            Some(&format!(
+                "at most {MAX_CHOICES} blocked JIDs and levels are kept per user"
+            )),
+        ),
     }
 }
 

@@ -67,7 +67,6 @@ impl IqHandler for Blocking {
                     ctx.levels
                         .change(&ctx.stores, user, |c, d| {
                             c.block(&new, d);
-                            Ok::<_, crate::store::StoreError>(())
                         })
                         .await
                 }
@@ -76,13 +75,12 @@ impl IqHandler for Blocking {
                     ctx.levels
                         .change(&ctx.stores, user, |c, d| {
                             c.unblock(&which, d);
-                            Ok::<_, crate::store::StoreError>(())
                         })
                         .await
                 }
                 _ => return Err(simple_error(Cond::BadRequest, None)),
             }
-            .map_err(|e| store_failed("storing the block list", e))?;
+            .map_err(|e| super::authz::change_failed("storing the block list", e))?;
             // Pushes (§3.3), and a blocked contact that could see the
             // user's presence stops seeing it; nobody else learns anything.
             super::authz::applied(ctx, user, &d).await;

@@ -29,6 +29,23 @@ const KEY: &str = "authz";
 const LEGACY_BLOCKLIST: &str = "blocklist";
 /// Users whose choices are cached before the cache starts over.
 const MAX_CACHED: usize = 100_000;
+/// Most block list items and overrides one user keeps (each change
+/// rewrites them all, and each stanza may scan the block list).
+pub const MAX_CHOICES: usize = 10_000;
+
+/// Why a change of choices was not made.
+#[derive(Debug)]
+pub enum ChangeError {
+    Store(crate::store::StoreError),
+    /// It would keep more than [`MAX_CHOICES`].
+    TooMany,
+}
+
+impl From<crate::store::StoreError> for ChangeError {
+    fn from(e: crate::store::StoreError) -> Self {
+        ChangeError::Store(e)
+    }
+}
 
 /// A user's own choices.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -260,23 +277,29 @@ impl Levels {
         })
     }
 
-    /// Change `user`'s choices with `f`, durably: what changed, or `f`'s
-    /// error (then nothing changed).
-    pub async fn change<E: From<crate::store::StoreError>>(
+    /// Change `user`'s choices with `f`, durably: what changed; on an
+    /// error nothing changed.
+    pub async fn change(
         &self,
         stores: &Stores,
         user: &BareJid,
-        f: impl FnOnce(&mut Choices, &mut Delta) -> Result<(), E>,
-    ) -> Result<Delta, E> {
+        f: impl FnOnce(&mut Choices, &mut Delta),
+    ) -> Result<Delta, ChangeError> {
         let _one = self.writes.lock().await;
         let mut c = Self::read(stores, user).await?;
         let mut d = Delta::default();
-        f(&mut c, &mut d)?;
+        let before = c.blocklist.len() + c.levels.len();
+        f(&mut c, &mut d);
         if d.is_empty() && !d.unblocked_all {
             return Ok(d);
         }
-        let json = serde_json::to_string(&c)
-            .map_err(|e| crate::store::StoreError(format!("encoding choices: {e}")))?;
+        let after = c.blocklist.len() + c.levels.len();
+        if after > MAX_CHOICES && after > before {
+            return Err(ChangeError::TooMany);
+        }
+        let json = serde_json::to_string(&c).map_err(|e| {
+            ChangeError::Store(crate::store::StoreError(format!("encoding choices: {e}")))
+        })?;
         stores.userdata.put(user, KEY, Some(json)).await?;
         stores.userdata.put(user, LEGACY_BLOCKLIST, None).await?;
         if let Ok(mut m) = self.users.write() {

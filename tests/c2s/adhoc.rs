@@ -447,3 +447,155 @@ async fn command_sessions_prev_cancel_and_bad_session_ids() {
     let r = execute(&mut boss, "no-such-command").await;
     assert_eq!(error_condition(&r).as_deref(), Some("item-not-found"));
 }
+
+/// A command of several forms: `next` and `prev` walk its stages, each
+/// form built from the earlier ones, and the last one completes it.
+#[tokio::test]
+async fn a_multi_stage_command_goes_next_and_back() {
+    use confab::admin::{execute, Request};
+    const NODE: &str = "urn:confab:cmd:policy:edit";
+    let s = server().await;
+    let ctx = s.handle().ctx.clone();
+    for g in ["staff", "guests", "board"] {
+        let r = execute(
+            &ctx.stores,
+            &ctx.domain,
+            Some(&ctx),
+            Request::GroupSet {
+                name: g.into(),
+                on: true,
+            },
+        )
+        .await;
+        assert!(r.ok);
+    }
+    let r = execute(
+        &ctx.stores,
+        &ctx.domain,
+        Some(&ctx),
+        Request::PolicySet {
+            from: "staff".into(),
+            to: "board".into(),
+            level: Some("private".into()),
+        },
+    )
+    .await;
+    assert!(r.ok);
+    let mut boss = s.online("boss", PW, "adm").await;
+    let step = |sid: &str, action: &str, form: String| {
+        format!("<command xmlns='{CMDS}' node='{NODE}' sessionid='{sid}' action='{action}'>{form}</command>")
+    };
+    let field_of = |cmd: &Element, var: &str| -> Vec<String> {
+        cmd.get_child("x", DATA)
+            .unwrap()
+            .children()
+            .find(|f| f.attr("var") == Some(var))
+            .map(|f| {
+                f.children()
+                    .filter(|v| v.name() == "value")
+                    .map(|v| v.text())
+                    .collect()
+            })
+            .unwrap_or_else(|| panic!("no field {var}"))
+    };
+    let r = boss
+        .iq(
+            "set",
+            Some(DOMAIN),
+            &format!("<command xmlns='{CMDS}' node='{NODE}' action='execute'/>"),
+        )
+        .await;
+    let cmd = command(&r);
+    let sid = cmd.attr("sessionid").unwrap().to_string();
+    // Stage 1 of 2: next, no prev, no complete.
+    let actions = cmd.get_child("actions", CMDS).unwrap();
+    assert_eq!(actions.attr("execute"), Some("next"));
+    assert!(actions.has_child("next", CMDS));
+    assert!(!actions.has_child("prev", CMDS) && !actions.has_child("complete", CMDS));
+    field_of(cmd, "from");
+    // complete is for the last stage.
+    let groups = |from: &str, to: &str| submit(&[("from", &[from]), ("to", &[to])]);
+    let r = boss
+        .iq(
+            "set",
+            Some(DOMAIN),
+            &step(&sid, "complete", groups("staff", "guests")),
+        )
+        .await;
+    assert!(r
+        .get_child("error", CLIENT)
+        .unwrap()
+        .has_child("bad-action", CMDS));
+    // A group that does not exist: bad-request naming the field; still
+    // at the first stage.
+    let r = boss
+        .iq(
+            "set",
+            Some(DOMAIN),
+            &step(&sid, "next", groups("nobody", "guests")),
+        )
+        .await;
+    assert_eq!(error_condition(&r).as_deref(), Some("bad-request"));
+    assert!(
+        String::from(&r).contains("field 'from'"),
+        "{}",
+        String::from(&r)
+    );
+    // next: the second form shows the level the policy has now (none).
+    let r = boss
+        .iq(
+            "set",
+            Some(DOMAIN),
+            &step(&sid, "next", groups("staff", "guests")),
+        )
+        .await;
+    let cmd = command(&r);
+    assert_eq!(cmd.attr("status"), Some("executing"));
+    let actions = cmd.get_child("actions", CMDS).unwrap();
+    assert_eq!(actions.attr("execute"), Some("complete"));
+    assert!(actions.has_child("prev", CMDS) && actions.has_child("complete", CMDS));
+    assert_eq!(field_of(cmd, "level"), ["none"]);
+    // prev: back to the groups; next with others: their policy's level.
+    let r = boss
+        .iq("set", Some(DOMAIN), &step(&sid, "prev", String::new()))
+        .await;
+    let cmd = command(&r);
+    field_of(cmd, "from");
+    assert!(!cmd
+        .get_child("actions", CMDS)
+        .unwrap()
+        .has_child("prev", CMDS));
+    let r = boss
+        .iq(
+            "set",
+            Some(DOMAIN),
+            &step(&sid, "next", groups("staff", "board")),
+        )
+        .await;
+    assert_eq!(field_of(command(&r), "level"), ["private"]);
+    // complete: the policy changes.
+    let r = boss
+        .iq(
+            "set",
+            Some(DOMAIN),
+            &step(&sid, "complete", submit(&[("level", &["business"])])),
+        )
+        .await;
+    let cmd = completed(&r);
+    assert!(String::from(cmd).contains("members of staff grant members of board business"));
+    let r = execute(&ctx.stores, &ctx.domain, None, Request::PolicyList).await;
+    let p: Vec<_> = r
+        .policies
+        .iter()
+        .map(|p| (p.from.as_str(), p.to.as_str(), p.level.as_str()))
+        .collect();
+    assert_eq!(p, [("staff", "board", "business")]);
+    // The session is over.
+    let r = boss
+        .iq("set", Some(DOMAIN), &step(&sid, "prev", String::new()))
+        .await;
+    assert!(r
+        .get_child("error", CLIENT)
+        .unwrap()
+        .has_child("bad-sessionid", CMDS));
+}

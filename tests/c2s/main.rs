@@ -7,6 +7,7 @@ mod common;
 mod adhoc;
 mod archive;
 mod auth;
+mod authz;
 mod carbons;
 mod cli;
 mod dnd;
