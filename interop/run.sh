@@ -25,7 +25,9 @@ $py -c 'import slixmpp' 2>/dev/null || { echo "interop: python3-slixmpp missing 
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/confab-interop.XXXXXX")
 pid=
+turn_pid=
 cleanup() {
+    if [ -n "$turn_pid" ]; then kill -TERM "$turn_pid" 2>/dev/null || true; fi
     if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
         kill -TERM "$pid" 2>/dev/null || true
         for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
@@ -40,6 +42,9 @@ free_port() {
 }
 port=$(free_port)
 tls_port=$(free_port)
+# coturn for turn_scenario: UDP and TCP on one port, relays on loopback.
+turn_port=$(free_port)
+turn_secret=$($py -c 'import secrets; print(secrets.token_hex(16))')
 cat > "$work/confab.toml" <<TOML
 domain = "localhost"
 data_dir = "$work/data"
@@ -48,6 +53,11 @@ admins = ["adhoc-boss@localhost"]
 c2s = ["127.0.0.1:$port"]
 c2s_direct_tls = ["127.0.0.1:$tls_port"]
 s2s = []
+[turn]
+host = "127.0.0.1"
+port = $turn_port
+secret = "$turn_secret"
+ttl_s = 600
 [log]
 level = "info"
 TOML
@@ -73,6 +83,10 @@ done
 # adhoc_scenario: an administrator (in admins above) and an account that is not.
 "$confab" --config "$work/confab.toml" user add adhoc-boss@localhost interop-pw-1 >/dev/null
 "$confab" --config "$work/confab.toml" user add adhoc-pleb@localhost interop-pw-1 >/dev/null
+# turn_scenario: one account with the right av, one without.
+"$confab" --config "$work/confab.toml" user add turn-av@localhost interop-pw-1 >/dev/null
+"$confab" --config "$work/confab.toml" user add turn-none@localhost interop-pw-1 >/dev/null
+"$confab" --config "$work/confab.toml" rights grant turn-av@localhost av >/dev/null
 
 failed=0
 run() {
@@ -123,6 +137,29 @@ run muc_scenario $py "$here/muc_scenario.py" --server 127.0.0.1 --port "$port" \
 run adhoc_scenario $py "$here/adhoc_scenario.py" --server 127.0.0.1 --port "$port" \
     --domain localhost --cafile "$cert" --password interop-pw-1 \
     --admin adhoc-boss --user adhoc-pleb ${INTEROP_DEBUG:+--debug}
+# STUN/TURN credentials (XEP-0215) in a real coturn: slixmpp asks Confab,
+# turnutils_uclient allocates a relay with what it got.
+if command -v turnserver >/dev/null && command -v turnutils_uclient >/dev/null; then
+    turnserver -n --listening-ip=127.0.0.1 --relay-ip=127.0.0.1 \
+        --listening-port="$turn_port" --min-port=49200 --max-port=49400 \
+        --use-auth-secret --static-auth-secret="$turn_secret" --realm=localhost \
+        --no-tls --no-dtls --no-cli --allow-loopback-peers --log-file=stdout \
+        --pidfile="$work/turnserver.pid" > "$work/turnserver.log" 2>&1 &
+    turn_pid=$!
+    for _ in $(seq 50); do
+        grep -q "Total General servers" "$work/turnserver.log" 2>/dev/null && break
+        sleep 0.1
+    done
+    run turn_scenario $py "$here/turn_scenario.py" --server 127.0.0.1 --port "$port" \
+        --domain localhost --cafile "$cert" --password interop-pw-1 \
+        --turn-port "$turn_port" ${INTEROP_DEBUG:+--debug}
+    kill -TERM "$turn_pid" 2>/dev/null || true
+    wait "$turn_pid" 2>/dev/null || true
+    turn_pid=
+else
+    echo "interop: turn_scenario: FAILED (coturn's turnserver and turnutils_uclient are missing)" >&2
+    failed=1
+fi
 
 # Graceful stop: SIGTERM, exit status 0.
 kill -TERM "$pid"

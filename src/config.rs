@@ -40,7 +40,50 @@ pub struct Config {
     pub admins: Vec<String>,
     /// Authorization levels (PRODUCT.md §2): the defaults.
     pub authz: Authz,
+    /// Links in message bodies (XEP-0372 references).
+    pub links: crate::links::Settings,
+    /// A STUN/TURN server whose credentials users get (XEP-0215).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub turn: Option<Turn>,
     pub log: Log,
+}
+
+/// `[turn]`: a STUN/TURN server (coturn with `use-auth-secret`) that
+/// clients are told about, with time-limited TURN credentials made from
+/// its shared secret (the coturn REST API scheme).
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Turn {
+    /// Host name or address clients reach it at.
+    pub host: String,
+    /// UDP and TCP port of STUN and TURN. Default 3478.
+    #[serde(default = "Turn::default_port")]
+    pub port: u16,
+    /// coturn's `static-auth-secret`. Never logged.
+    pub secret: String,
+    /// Seconds TURN credentials stay valid. Default 86400.
+    #[serde(default = "Turn::default_ttl")]
+    pub ttl_s: u64,
+}
+
+impl Turn {
+    fn default_port() -> u16 {
+        3478
+    }
+    fn default_ttl() -> u64 {
+        86_400
+    }
+}
+
+impl std::fmt::Debug for Turn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Turn")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("secret", &"(hidden)")
+            .field("ttl_s", &self.ttl_s)
+            .finish()
+    }
 }
 
 /// `[authz]`: the level users grant each other when no group policy
@@ -294,6 +337,8 @@ impl Default for Config {
             dnd_defers_delivery: true,
             admins: Vec::new(),
             authz: Authz::default(),
+            links: Default::default(),
+            turn: None,
             log: Log::default(),
         }
     }
@@ -614,6 +659,62 @@ impl Config {
                 errors.push(err(
                     "muc.domain",
                     "expected a domain of its own (like \"rooms.\" + domain), not the server's domain",
+                ));
+            }
+        }
+        let lk = &self.links;
+        for (key, v, max) in [
+            ("links.country_code", &lk.country_code, 3),
+            ("links.area_code", &lk.area_code, 6),
+            ("links.base_number", &lk.base_number, 12),
+            ("links.trunk_prefix", &lk.trunk_prefix, 4),
+            ("links.international_prefix", &lk.international_prefix, 4),
+        ] {
+            if v.len() > max || !v.bytes().all(|b| b.is_ascii_digit()) {
+                errors.push(err(
+                    key,
+                    format!("expected up to {max} digits (or \"\"), got {v:?}"),
+                ));
+            }
+        }
+        if lk.extension_digits > 8 {
+            errors.push(err(
+                "links.extension_digits",
+                format!(
+                    "expected a whole number between 0 and 8, got {}",
+                    lk.extension_digits
+                ),
+            ));
+        }
+        if let Some(t) = &self.turn {
+            if t.host.is_empty() || t.host.contains(|c: char| c.is_whitespace() || c == '/') {
+                errors.push(err(
+                    "turn.host",
+                    format!(
+                        "expected a host name or address like \"turn.example.com\", got {:?}",
+                        t.host
+                    ),
+                ));
+            }
+            if t.port == 0 {
+                errors.push(err(
+                    "turn.port",
+                    "expected a port between 1 and 65535, got 0",
+                ));
+            }
+            if t.secret.is_empty() {
+                errors.push(err(
+                    "turn.secret",
+                    "expected coturn's static-auth-secret, got an empty string",
+                ));
+            }
+            if !(60..=30 * 86_400).contains(&t.ttl_s) {
+                errors.push(err(
+                    "turn.ttl_s",
+                    format!(
+                        "expected a whole number between 60 and 2592000, got {}",
+                        t.ttl_s
+                    ),
                 ));
             }
         }

@@ -105,6 +105,24 @@ pub fn stored(data: &[u8]) {
     let _ = crate::xml::parse(&String::from_utf8_lossy(data));
 }
 
+/// Find the links of `data` (as lossy UTF-8) with a location that
+/// recognises every kind, and check what comes out: in order, not
+/// overlapping, within the body, each a URI without spaces.
+pub fn links(data: &[u8]) {
+    let body = String::from_utf8_lossy(data);
+    let settings = crate::links::Settings::example();
+    let n = body.chars().count();
+    let mut last = 0;
+    for l in crate::links::find(&body, &settings) {
+        assert!(last <= l.begin && l.begin < l.end && l.end <= n, "{l:?}");
+        assert!(
+            !l.uri.is_empty() && l.uri.bytes().all(|b| b.is_ascii_graphic()),
+            "{l:?}"
+        );
+        last = l.end;
+    }
+}
+
 /// Run `data` through the SCRAM server (split into client-first and
 /// client-final at the first 0xFF byte) and the PLAIN parser.
 pub fn sasl(data: &[u8]) {
@@ -236,6 +254,20 @@ mod tests {
     }
 
     #[test]
+    fn links_random_and_mutated() {
+        check("links", |r| random_bytes(r, 800), super::links);
+        let seed: &[u8] = b"call +49 123 456 - 12 or 0123 45612, ext 12, <\\\\srv\\my dir\\f>, a.b@c.de www.x.org/(a) https://e.com/?q=1.";
+        check(
+            "links",
+            |r| {
+                let ops = r.random_range(0..10);
+                mutate(r, seed, ops)
+            },
+            super::links,
+        );
+    }
+
+    #[test]
     fn sasl_random() {
         check("sasl", |r| random_bytes(r, 600), super::sasl);
     }
@@ -259,10 +291,11 @@ mod tests {
     fn replay_corpus_and_regressions() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
         type Target = (&'static str, fn(&[u8]));
-        let targets: [Target; 3] = [
+        let targets: [Target; 4] = [
             ("stream", super::stream),
             ("sasl", super::sasl),
             ("stored", super::stored),
+            ("links", super::links),
         ];
         let mut replayed = 0;
         for (name, run) in targets {

@@ -378,7 +378,7 @@ async fn message_to_bare(ctx: &Arc<Ctx>, el: Element, bare: &BareJid) {
     let resources = ctx
         .sessions
         .resources_where(bare, |r| r.available && r.priority >= 0);
-    let targets: Vec<_> = if typ == "headline" {
+    let targets: Vec<_> = if typ == "headline" || ctx.registry.goes_to_every_resource(&el) {
         resources
     } else {
         // chat and normal: the highest-priority resources.

@@ -4,7 +4,7 @@
 #   scenarios with real third-party software (interop/run.sh).
 # Installs what the tests need when it is missing (Debian's python3-slixmpp
 # for /usr/bin/python3; prosody, lua-unbound and ejabberd as federation
-# partners) and puts the interop lab's names in /etc/hosts
+# partners; coturn as the TURN server) and puts the interop lab's names in /etc/hosts
 # (interop/lab/hosts.sh). One cargo profile (release) for everything, so the
 # stack is built once and shared by the tests, the interop run and the
 # README's `cargo run --release -- serve`.
@@ -19,6 +19,8 @@ need_pkgs=()
 # recommended by prosody, but without it Prosody ignores /etc/hosts.
 command -v prosody >/dev/null || need_pkgs+=(prosody)
 dpkg -s lua-unbound >/dev/null 2>&1 || need_pkgs+=(lua-unbound)
+# coturn's turnserver and turnutils_uclient, for interop/turn_scenario.py.
+command -v turnutils_uclient >/dev/null || need_pkgs+=(coturn)
 command -v erl >/dev/null && compgen -G '/usr/lib/*/ejabberd-*/ebin' >/dev/null || need_pkgs+=(ejabberd)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
     echo "== installing ${need_pkgs[*]}"
@@ -29,6 +31,9 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
     # `service ejabberd stop` with no node running would start an epmd.
     if [[ " ${need_pkgs[*]} " == *" prosody "* ]]; then
         $sudo service prosody stop >/dev/null 2>&1 || true
+    fi
+    if [[ " ${need_pkgs[*]} " == *" coturn "* ]]; then
+        $sudo service coturn stop >/dev/null 2>&1 || true
     fi
     if [[ " ${need_pkgs[*]} " == *" ejabberd "* ]] && pgrep -u ejabberd beam >/dev/null 2>&1; then
         $sudo service ejabberd stop >/dev/null 2>&1 || true

@@ -19,6 +19,7 @@
 mod client;
 mod inbox;
 mod mam;
+mod recognise;
 mod room;
 mod rooms;
 mod s2s;
@@ -62,6 +63,8 @@ enum Scenario {
     /// Messages both ways across one s2s link: Confab–Prosody,
     /// Confab–ejabberd, and Prosody–ejabberd beside them.
     S2s,
+    /// The link recogniser alone, one core (no server).
+    Links,
     All,
 }
 
@@ -874,6 +877,18 @@ async fn main() {
     if let Err(e) = std::fs::create_dir_all(&work) {
         eprintln!("cannot create {}: {e}", work.display());
         std::process::exit(1);
+    }
+    if args.scenario == Scenario::Links {
+        let figures = recognise::run();
+        let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
+        let path = PathBuf::from("bench/results").join(format!("links-{stamp}.json"));
+        let _ = std::fs::create_dir_all("bench/results");
+        let report = serde_json::json!({ "date": stamp, "links": figures });
+        match std::fs::write(&path, report.to_string()) {
+            Ok(()) => println!("written to {}", path.display()),
+            Err(e) => eprintln!("cannot write {}: {e}", path.display()),
+        }
+        return;
     }
     let mut results = Vec::new();
     if args.scenario != Scenario::S2s {

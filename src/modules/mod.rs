@@ -18,11 +18,14 @@ use crate::store::BoxFuture;
 
 pub mod authz;
 pub mod blocking;
+pub mod calls;
 pub mod carbons;
 pub mod disco;
 pub mod dnd;
+pub mod extdisco;
 pub mod history;
 pub mod inbox;
+pub mod links;
 pub mod mam;
 pub mod offline;
 pub mod ping;
@@ -376,6 +379,7 @@ pub struct Registry {
     account_identities: Vec<(&'static str, &'static str)>,
     account_disco: Vec<Arc<dyn AccountDisco>>,
     server_nodes: Vec<Arc<dyn ServerNodes>>,
+    every_resource: Vec<fn(&Element) -> bool>,
 }
 
 impl Registry {
@@ -457,6 +461,18 @@ impl Registry {
             el = b.cross(ctx, dir, el)?;
         }
         Some(el)
+    }
+
+    /// Messages to a bare JID that `rule` picks go to every available
+    /// resource (of non-negative priority), not only the highest-priority
+    /// ones (call invitations ring everywhere).
+    pub fn to_every_resource(&mut self, rule: fn(&Element) -> bool) {
+        self.every_resource.push(rule);
+    }
+
+    /// Whether a message to a bare JID goes to every resource.
+    pub fn goes_to_every_resource(&self, el: &Element) -> bool {
+        self.every_resource.iter().any(|r| r(el))
     }
 
     pub fn listener(&mut self, l: Arc<dyn Listener>) {
@@ -690,6 +706,9 @@ pub fn registry(config: &crate::config::Config) -> Registry {
     private::register(&mut r);
     blocking::register(&mut r);
     authz::register(&mut r);
+    extdisco::register(&mut r);
+    calls::register(&mut r);
+    links::register(&mut r, config);
     carbons::register(&mut r);
     mam::register(&mut r, config);
     history::register(&mut r, config);

@@ -82,6 +82,11 @@ pub mod ns {
     pub const PRIVATE: &str = "jabber:iq:private";
     pub const BLOCKING: &str = "urn:xmpp:blocking";
     pub const BLOCKING_ERRORS: &str = "urn:xmpp:blocking:errors";
+    pub const EXTDISCO: &str = "urn:xmpp:extdisco:2";
+    pub const REFERENCE: &str = "urn:xmpp:reference:0";
+    /// Confab's hint that a message's body is not to be annotated
+    /// (`xeps/xep-0372.md`).
+    pub const LINKS: &str = "urn:confab:links:0";
     /// Confab's per-contact authorization levels (`xeps/confab-authz.md`).
     pub const AUTHZ: &str = "urn:confab:authz:0";
     pub const DELAY: &str = "urn:xmpp:delay";
@@ -92,6 +97,11 @@ pub mod ns {
     pub const HINTS: &str = "urn:xmpp:hints";
     pub const MUC_USER: &str = "http://jabber.org/protocol/muc#user";
     pub const JINGLE_MESSAGE: &str = "urn:xmpp:jingle-message:0";
+    pub const JINGLE: &str = "urn:xmpp:jingle:1";
+    pub const JINGLE_RTP: &str = "urn:xmpp:jingle:apps:rtp:1";
+    /// Confab's screen-share marker and share request
+    /// (`xeps/confab-calls.md`).
+    pub const SCREEN: &str = "urn:confab:screen:0";
     pub const MAM: &str = "urn:xmpp:mam:2";
     pub const MAM_EXTENDED: &str = "urn:xmpp:mam:2#extended";
     pub const SID: &str = "urn:xmpp:sid:0";

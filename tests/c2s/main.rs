@@ -8,6 +8,7 @@ mod adhoc;
 mod archive;
 mod auth;
 mod authz;
+mod calls;
 mod carbons;
 mod cli;
 mod dnd;
