@@ -45,6 +45,8 @@ pub struct Config {
     /// A STUN/TURN server whose credentials users get (XEP-0215).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub turn: Option<Turn>,
+    /// The SMS gateway on a subdomain.
+    pub sms: Sms,
     pub log: Log,
 }
 
@@ -64,6 +66,106 @@ pub struct Turn {
     /// Seconds TURN credentials stay valid. Default 86400.
     #[serde(default = "Turn::default_ttl")]
     pub ttl_s: u64,
+}
+
+/// `[sms]`: the SMS gateway (PRODUCT.md §8) on `domain`. It sends only
+/// when `backend` names one; without it messages to the gateway get
+/// `service-unavailable`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Sms {
+    /// Default `sms.` + the server's domain.
+    pub domain: Option<String>,
+    /// `"smpp"` (or `"http"`, not built yet); none: the gateway sends
+    /// nothing.
+    pub backend: Option<String>,
+    /// Most SMS parts one message becomes; longer ones are refused.
+    pub max_parts: usize,
+    /// Who gets an incoming SMS from a number no user wrote to.
+    pub default_recipient: Option<String>,
+    pub smpp: Option<Smpp>,
+    /// Read, but the HTTP backend is not built yet.
+    pub http: Option<SmsHttp>,
+}
+
+/// `[sms.http]`: an HTTP SMS service (the backend is not built yet).
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmsHttp {
+    pub url: String,
+    /// Never logged.
+    pub token: String,
+}
+
+impl std::fmt::Debug for SmsHttp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SmsHttp")
+            .field("url", &self.url)
+            .field("token", &"(hidden)")
+            .finish()
+    }
+}
+
+impl Default for Sms {
+    fn default() -> Self {
+        Sms {
+            domain: None,
+            backend: None,
+            max_parts: 6,
+            default_recipient: None,
+            smpp: None,
+            http: None,
+        }
+    }
+}
+
+/// `[sms.smpp]`: an SMS centre speaking SMPP 3.4 (bound as a
+/// transceiver).
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Smpp {
+    pub host: String,
+    #[serde(default = "Smpp::default_port")]
+    pub port: u16,
+    pub system_id: String,
+    /// Never logged.
+    pub password: String,
+    #[serde(default)]
+    pub system_type: String,
+    /// The sender address of SMS (empty: the SMS centre's default).
+    #[serde(default)]
+    pub source_addr: String,
+    /// submit_sm sent and not yet answered, at most.
+    #[serde(default = "Smpp::default_window")]
+    pub window: usize,
+    /// Seconds between enquire_link probes of an idle session.
+    #[serde(default = "Smpp::default_enquire")]
+    pub enquire_link_s: u64,
+}
+
+impl Smpp {
+    fn default_port() -> u16 {
+        2775
+    }
+    fn default_window() -> usize {
+        10
+    }
+    fn default_enquire() -> u64 {
+        30
+    }
+}
+
+impl std::fmt::Debug for Smpp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Smpp")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("system_id", &self.system_id)
+            .field("password", &"(hidden)")
+            .field("source_addr", &self.source_addr)
+            .field("window", &self.window)
+            .finish()
+    }
 }
 
 impl Turn {
@@ -339,6 +441,7 @@ impl Default for Config {
             authz: Authz::default(),
             links: Default::default(),
             turn: None,
+            sms: Sms::default(),
             log: Log::default(),
         }
     }
@@ -685,6 +788,70 @@ impl Config {
                     lk.extension_digits
                 ),
             ));
+        }
+        match self.sms.backend.as_deref() {
+            None => {}
+            Some("smpp") if self.sms.smpp.is_none() => errors.push(err(
+                "sms.smpp",
+                "backend = \"smpp\" needs an [sms.smpp] section (host, system_id, password)",
+            )),
+            Some("smpp") => {}
+            Some("http") => errors.push(err(
+                "sms.backend",
+                "the HTTP backend is not built yet; use \"smpp\"",
+            )),
+            Some(b) => errors.push(err(
+                "sms.backend",
+                format!("expected \"smpp\" or \"http\", got {b:?}"),
+            )),
+        }
+        if !(1..=255).contains(&self.sms.max_parts) {
+            errors.push(err(
+                "sms.max_parts",
+                format!(
+                    "expected a whole number between 1 and 255, got {}",
+                    self.sms.max_parts
+                ),
+            ));
+        }
+        if let Some(s) = &self.sms.smpp {
+            if s.host.is_empty() {
+                errors.push(err("sms.smpp.host", "expected a host name or address"));
+            }
+            if s.system_id.is_empty() || s.system_id.len() > 15 {
+                errors.push(err("sms.smpp.system_id", "expected 1 to 15 characters"));
+            }
+            if s.password.len() > 8 {
+                errors.push(err(
+                    "sms.smpp.password",
+                    "SMPP 3.4 passwords have at most 8 characters",
+                ));
+            }
+            if !(1..=1000).contains(&s.window) {
+                errors.push(err(
+                    "sms.smpp.window",
+                    format!("expected 1 to 1000, got {}", s.window),
+                ));
+            }
+            if !(5..=3600).contains(&s.enquire_link_s) {
+                errors.push(err(
+                    "sms.smpp.enquire_link_s",
+                    format!("expected 5 to 3600, got {}", s.enquire_link_s),
+                ));
+            }
+        }
+        if let Some(r) = &self.sms.default_recipient {
+            let ok = xmpp_parsers::jid::BareJid::new(r)
+                .is_ok_and(|j| j.node().is_some() && j.domain().as_str() == self.domain);
+            if !ok {
+                errors.push(err(
+                    "sms.default_recipient",
+                    format!(
+                        "expected an account of this server like \"reception@{}\", got {r:?}",
+                        self.domain
+                    ),
+                ));
+            }
         }
         if let Some(t) = &self.turn {
             if t.host.is_empty() || t.host.contains(|c: char| c.is_whitespace() || c == '/') {

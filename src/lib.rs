@@ -23,6 +23,7 @@ pub mod s2s;
 pub mod sasl;
 pub mod server;
 pub mod sessions;
+pub mod sms;
 pub mod stanza;
 pub mod store;
 pub mod xml;

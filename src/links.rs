@@ -500,6 +500,17 @@ fn normalise(d: &str, plus: bool, loc: &Settings) -> Option<String> {
     None
 }
 
+/// A phone number written any way the recogniser knows (`+49 123 456 -
+/// 12`, `0123 45612`, an extension) as E.164 (`+4912345612`), by the
+/// same rules: `None` when it is no number, or has no global form here.
+pub fn e164(number: &str, settings: &Settings) -> Option<String> {
+    let t: Vec<char> = number.trim().chars().collect();
+    match phone(&t, 0, settings) {
+        Ok((end, uri)) if end == t.len() => uri.strip_prefix("tel:+").map(|d| format!("+{d}")),
+        _ => None,
+    }
+}
+
 /// `inner` (the content of `<…>`) when it is one link as a whole.
 fn whole_link(inner: &[char], loc: &Settings) -> Option<String> {
     let n = inner.len();
@@ -582,6 +593,22 @@ mod tests {
             ..loc()
         };
         assert_eq!(find("dial 12", &l)[0].uri, "tel:12;phone-context=+49123");
+    }
+
+    #[test]
+    fn numbers_as_e164() {
+        for n in [
+            "+49 123 456 - 12",
+            "0123 45612",
+            "12",
+            "+4912345612",
+            "0049 123 45612",
+        ] {
+            assert_eq!(e164(n, &loc()).as_deref(), Some("+4912345612"), "{n}");
+        }
+        for n in ["12a", "hello", "+12", "", "0123 45612 x"] {
+            assert_eq!(e164(n, &loc()), None, "{n}");
+        }
     }
 
     #[test]

@@ -269,6 +269,11 @@ impl ServerHandle {
         handle
             .accept_tasks
             .push(tokio::spawn(sweep_idle(ctx.clone())));
+        for s in ctx.registry.services() {
+            handle
+                .accept_tasks
+                .push(tokio::spawn(s.clone().run(ctx.clone())));
+        }
         tracing::info!(
             domain = %ctx.domain,
             c2s = ?handle.c2s_addrs,

@@ -330,6 +330,13 @@ pub trait PersonalEvents: Send + Sync {
 /// Nodes of the server's own disco (XEP-0030 node queries at the
 /// domain): the ad-hoc command list and each command. `None`: not a node
 /// of this feature.
+/// A feature that works in the background while the server runs (the
+/// SMS gateway's link to its SMS centre): started once the server
+/// serves, stopped with it.
+pub trait Service: Send + Sync {
+    fn run(self: Arc<Self>, ctx: Arc<Ctx>) -> BoxFuture<'static, ()>;
+}
+
 pub trait ServerNodes: Send + Sync {
     fn items<'a>(&'a self, ctx: &'a Arc<Ctx>, from: &'a Jid, node: &'a str)
         -> Option<Vec<Element>>;
@@ -380,6 +387,7 @@ pub struct Registry {
     account_disco: Vec<Arc<dyn AccountDisco>>,
     server_nodes: Vec<Arc<dyn ServerNodes>>,
     every_resource: Vec<fn(&Element) -> bool>,
+    services: Vec<Arc<dyn Service>>,
 }
 
 impl Registry {
@@ -461,6 +469,15 @@ impl Registry {
             el = b.cross(ctx, dir, el)?;
         }
         Some(el)
+    }
+
+    /// Run `s` in the background while the server runs.
+    pub fn service(&mut self, s: Arc<dyn Service>) {
+        self.services.push(s);
+    }
+
+    pub fn services(&self) -> &[Arc<dyn Service>] {
+        &self.services
     }
 
     /// Messages to a bare JID that `rule` picks go to every available
@@ -719,6 +736,7 @@ pub fn registry(config: &crate::config::Config) -> Registry {
     read_status::register(&mut r);
     crate::pep::register(&mut r);
     crate::muc::register(&mut r, config);
+    crate::sms::register(&mut r, config);
     crate::adhoc::register(&mut r);
     r
 }

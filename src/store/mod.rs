@@ -18,6 +18,7 @@ mod sled_journal;
 mod sled_pep;
 mod sled_policy;
 mod sled_rooms;
+mod sled_sms;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -863,6 +864,38 @@ pub trait PolicyStore: Send + Sync {
     fn policies(&self) -> BoxFuture<'_, StoreResult<Vec<(String, String, String)>>>;
 }
 
+/// The SMS gateway's state (`sms/`): outgoing SMS until the SMS centre
+/// acknowledged them, what delivery reports are about, and who last wrote
+/// to each number. Documents are the gateway's JSON.
+pub trait SmsStore: Send + Sync {
+    /// A new id for an outgoing SMS, never given before.
+    fn next_sms_id(&self) -> StoreResult<u64>;
+    /// Store (`Some`) or drop an outgoing SMS. Durable once resolved.
+    fn put_outgoing<'a>(&'a self, id: u64, doc: Option<&'a str>) -> BoxFuture<'a, StoreResult<()>>;
+    /// Every outgoing SMS, by id.
+    fn outgoing(&self) -> BoxFuture<'_, StoreResult<Vec<(u64, String)>>>;
+    /// Outgoing SMS `id` was acknowledged: keep `reports` (SMSC message
+    /// id → document) and drop it, atomically and durably.
+    fn acknowledged<'a>(
+        &'a self,
+        id: u64,
+        reports: &'a [(String, String)],
+    ) -> BoxFuture<'a, StoreResult<()>>;
+    /// The report document under `smsc_id`; with `doc` `Some`, replace it
+    /// (`Some(None)`: remove it). Returns what was there.
+    fn report<'a>(
+        &'a self,
+        smsc_id: &'a str,
+        doc: Option<Option<&'a str>>,
+    ) -> BoxFuture<'a, StoreResult<Option<String>>>;
+    fn set_last_writer<'a>(
+        &'a self,
+        number: &'a str,
+        jid: &'a str,
+    ) -> BoxFuture<'a, StoreResult<()>>;
+    fn last_writer<'a>(&'a self, number: &'a str) -> BoxFuture<'a, StoreResult<Option<String>>>;
+}
+
 /// Every store the server uses.
 #[derive(Clone)]
 pub struct Stores {
@@ -875,6 +908,7 @@ pub struct Stores {
     pub rooms: Arc<dyn RoomStore>,
     pub pep: Arc<dyn PepStore>,
     pub policy: Arc<dyn PolicyStore>,
+    pub sms: Arc<dyn SmsStore>,
     /// Flush and close (on shutdown).
     pub closer: Arc<dyn StoreCloser>,
 }
@@ -898,6 +932,7 @@ impl Stores {
             rooms: s.clone(),
             pep: s.clone(),
             policy: s.clone(),
+            sms: s.clone(),
             closer: s,
         })
     }

@@ -54,6 +54,8 @@ pub struct SledStore {
     pub(super) rooms: sled::Tree,
     /// Rights and groups (see `sled_policy.rs`).
     pub(super) policy: sled::Tree,
+    /// The SMS gateway (see `sled_sms.rs`).
+    pub(super) sms: sled::Tree,
     /// Journal entries: user + NUL + conversation → `JournalEntry`.
     pub(super) journal: sled::Tree,
     /// Journal changes not yet in sled, and entries used lately.
@@ -196,6 +198,7 @@ impl SledStore {
             usage: db.open_tree("usage").map_err(e)?,
             rooms: db.open_tree("rooms").map_err(e)?,
             policy: db.open_tree("policy").map_err(e)?,
+            sms: db.open_tree("sms").map_err(e)?,
             pep: db.open_tree("pep").map_err(e)?,
             journal,
             journal_cache,
@@ -205,6 +208,10 @@ impl SledStore {
             flusher: Mutex::new(Some(tx)),
             flusher_thread: Mutex::new(Some(thread)),
         })
+    }
+
+    pub(super) fn db(&self) -> &sled::Db {
+        &self.db
     }
 
     /// Wait until everything written so far is on disk.

@@ -13,21 +13,8 @@ const AUDIO: &str = "<description xmlns='urn:xmpp:jingle:apps:rtp:1' media='audi
 const SCREEN: &str = "<description xmlns='urn:xmpp:jingle:apps:rtp:1' media='video'>\
     <screen xmlns='urn:confab:screen:0'/></description>";
 
-/// Grant (or revoke) `right` to `who` as an admin would.
 async fn grant(s: &TestServer, who: &str, right: &str, on: bool) {
-    let ctx = s.handle().ctx.clone();
-    let r = confab::admin::execute(
-        &ctx.stores,
-        &ctx.domain,
-        Some(&ctx),
-        confab::admin::Request::RightSet {
-            who: who.into(),
-            right: right.into(),
-            on,
-        },
-    )
-    .await;
-    assert!(r.ok, "{:?}", r.error);
+    grant_right(s, who, right, on).await
 }
 
 fn propose(to: &str, id: &str, descriptions: &str) -> String {

@@ -1064,3 +1064,21 @@ pub fn event_items(e: &Element) -> &Element {
         .and_then(|ev| ev.get_child("items", PUBSUB_EVENT))
         .expect("a notification with items")
 }
+
+/// Grant (`on`) or revoke `right` to `who` (`user@domain` or `@group`) as
+/// an admin does, through the running server's `admin::execute`.
+pub async fn grant_right(s: &TestServer, who: &str, right: &str, on: bool) {
+    let ctx = s.handle().ctx.clone();
+    let r = confab::admin::execute(
+        &ctx.stores,
+        &ctx.domain,
+        Some(&ctx),
+        confab::admin::Request::RightSet {
+            who: who.into(),
+            right: right.into(),
+            on,
+        },
+    )
+    .await;
+    assert!(r.ok, "{:?}", r.error);
+}

@@ -23,3 +23,4 @@ mod pep;
 mod persist;
 mod s2s;
 mod sm;
+mod sms;
