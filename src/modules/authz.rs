@@ -336,15 +336,21 @@ pub async fn applied(ctx: &Arc<Ctx>, user: &BareJid, d: &Delta) {
         .collect();
     items.sort();
     items.dedup();
+    // Parsed once: a change may name thousands of items.
+    let parsed: Vec<(String, Option<Jid>)> = items
+        .into_iter()
+        .map(|i| {
+            let j = Jid::new(&i).ok();
+            (i, j)
+        })
+        .collect();
     let audience = presence_audience(ctx, user, |c| {
-        items.iter().find_map(|i| {
-            let item = Jid::new(i).ok()?;
-            if item.resource().is_some() && item.bare() == c.bare() {
-                // An item for one resource of the contact.
-                Some(item)
-            } else {
-                crate::policy::levels::item_matches(i, c).then(|| c.clone())
+        parsed.iter().find_map(|(i, item)| match item {
+            // An item for one resource of the contact.
+            Some(item) if item.resource().is_some() && item.bare() == c.bare() => {
+                Some(item.clone())
             }
+            _ => crate::policy::levels::item_matches(i, c).then(|| c.clone()),
         })
     })
     .await;

@@ -108,6 +108,17 @@ impl Gateway {
             // Chat states, receipts and markers to a number go nowhere.
             return;
         };
+        if ctx.config.sms.backend.is_none() {
+            // The gateway is off.
+            return self
+                .refuse(
+                    ctx,
+                    &el,
+                    Cond::ServiceUnavailable,
+                    "this server sends no SMS",
+                )
+                .await;
+        }
         let user = from.to_bare();
         if !ctx.is_account_address(user.node().is_some(), user.domain().as_str()) {
             return self
@@ -136,16 +147,6 @@ impl Gateway {
                 tracing::error!(error = %e, "reading rights failed");
                 return self.refuse(ctx, &el, Cond::InternalServerError, "").await;
             }
-        }
-        if ctx.config.sms.backend.is_none() {
-            return self
-                .refuse(
-                    ctx,
-                    &el,
-                    Cond::ServiceUnavailable,
-                    "no SMS centre is configured",
-                )
-                .await;
         }
         let Some(number) = to
             .node()

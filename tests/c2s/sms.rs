@@ -207,6 +207,14 @@ async fn the_right_is_checked_first_and_bad_sms_are_refused() {
         "{}",
         String::from(&e)
     );
+    // Without a backend the gateway is off, whoever writes.
+    let off = TestServer::start().await;
+    off.add_user("carol", "pw-sms").await;
+    let mut c = off.online("carol", "pw-sms", "c").await;
+    c.send_raw(&sms(&format!("{NUMBER}@{GW}"), "m4", "hi"))
+        .await;
+    let e = c.expect_where(|e| e.attr("id") == Some("m4")).await;
+    assert_eq!(error_condition(&e).as_deref(), Some("service-unavailable"));
     // The gateway says what it is.
     let r = a
         .iq(
