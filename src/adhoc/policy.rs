@@ -217,21 +217,7 @@ impl Command for PolicyEdit {
                     "there is no policy from {from} to {to}: nothing changed"
                 )));
             }
-            account_request(
-                ctx,
-                "level",
-                Request::PolicySet {
-                    from: from.clone(),
-                    to: to.clone(),
-                    level: level.clone(),
-                },
-            )
-            .await?;
-            tracing::info!(admin = %by, %from, %to, level = level.as_deref().unwrap_or("none"), "admin command: group policy edited");
-            Ok(Done::note(match level {
-                Some(l) => format!("members of {from} grant members of {to} {l}"),
-                None => format!("the policy from {from} to {to} is removed"),
-            }))
+            apply_policy(ctx, by, "level", from, to, level).await
         })
     }
 }
@@ -323,22 +309,35 @@ fn set_policy<'a>(
         } else {
             None
         };
-        account_request(
-            ctx,
-            "from",
-            Request::PolicySet {
-                from: from.clone(),
-                to: to.clone(),
-                level: level.clone(),
-            },
-        )
-        .await?;
-        tracing::info!(admin = %by, %from, %to, level = level.as_deref().unwrap_or("none"), "admin command: group policy set");
-        Ok(Done::note(match level {
-            Some(l) => format!("members of {from} grant members of {to} {l}"),
-            None => format!("the policy from {from} to {to} is removed"),
-        }))
+        apply_policy(ctx, by, "from", from, to, level).await
     })
+}
+
+/// Set (or with `None` remove) the policy from `from` to `to`, as the
+/// CLI does; an error names the field `var`.
+async fn apply_policy(
+    ctx: &Arc<Ctx>,
+    by: &Jid,
+    var: &str,
+    from: String,
+    to: String,
+    level: Option<String>,
+) -> CmdResult<Done> {
+    account_request(
+        ctx,
+        var,
+        Request::PolicySet {
+            from: from.clone(),
+            to: to.clone(),
+            level: level.clone(),
+        },
+    )
+    .await?;
+    tracing::info!(admin = %by, %from, %to, level = level.as_deref().unwrap_or("none"), "admin command: group policy set");
+    Ok(Done::note(match level {
+        Some(l) => format!("members of {from} grant members of {to} {l}"),
+        None => format!("the policy from {from} to {to} is removed"),
+    }))
 }
 
 fn policy_list<'a>(
