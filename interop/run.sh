@@ -26,8 +26,10 @@ $py -c 'import slixmpp' 2>/dev/null || { echo "interop: python3-slixmpp missing 
 work=$(mktemp -d "${TMPDIR:-/tmp}/confab-interop.XXXXXX")
 pid=
 turn_pid=
+smsc_pid=
 cleanup() {
     if [ -n "$turn_pid" ]; then kill -TERM "$turn_pid" 2>/dev/null || true; fi
+    if [ -n "$smsc_pid" ]; then kill -TERM "$smsc_pid" 2>/dev/null || true; fi
     if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
         kill -TERM "$pid" 2>/dev/null || true
         for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
@@ -45,6 +47,17 @@ tls_port=$(free_port)
 # coturn for turn_scenario: UDP and TCP on one port, relays on loopback.
 turn_port=$(free_port)
 turn_secret=$($py -c 'import secrets; print(secrets.token_hex(16))')
+# An SMS centre nobody here wrote (smppy from PyPI) for sms_scenario,
+# started before Confab so that the gateway binds at once.
+smpp_port=$(free_port)
+if $py -c 'import smppy' 2>/dev/null; then
+    $py "$here/smsc.py" --port "$smpp_port" --log "$work/smsc.jsonl" > "$work/smsc.log" 2>&1 &
+    smsc_pid=$!
+    for _ in $(seq 50); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$smpp_port") 2>/dev/null && break
+        sleep 0.1
+    done
+fi
 cat > "$work/confab.toml" <<TOML
 domain = "localhost"
 data_dir = "$work/data"
@@ -58,6 +71,15 @@ host = "127.0.0.1"
 port = $turn_port
 secret = "$turn_secret"
 ttl_s = 600
+[sms]
+backend = "smpp"
+[sms.smpp]
+host = "127.0.0.1"
+port = $smpp_port
+system_id = "confab"
+password = "interop"
+# smppy reads one PDU per TCP read: one SMS part in flight at a time.
+window = 1
 [log]
 level = "info"
 TOML
@@ -87,6 +109,10 @@ done
 "$confab" --config "$work/confab.toml" user add turn-av@localhost interop-pw-1 >/dev/null
 "$confab" --config "$work/confab.toml" user add turn-none@localhost interop-pw-1 >/dev/null
 "$confab" --config "$work/confab.toml" rights grant turn-av@localhost av >/dev/null
+# sms_scenario: one account with the right sms, one without.
+"$confab" --config "$work/confab.toml" user add sms-alice@localhost interop-pw-1 >/dev/null
+"$confab" --config "$work/confab.toml" user add sms-pleb@localhost interop-pw-1 >/dev/null
+"$confab" --config "$work/confab.toml" rights grant sms-alice@localhost sms >/dev/null
 
 failed=0
 run() {
@@ -158,6 +184,20 @@ if command -v turnserver >/dev/null && command -v turnutils_uclient >/dev/null; 
     turn_pid=
 else
     echo "interop: turn_scenario: FAILED (coturn's turnserver and turnutils_uclient are missing)" >&2
+    failed=1
+fi
+
+# The SMS gateway with a real SMS centre (smppy): a refusal without the
+# right, a submit_sm received, a long answer in parts joined, archived.
+if [ -n "$smsc_pid" ]; then
+    run sms_scenario $py "$here/sms_scenario.py" --server 127.0.0.1 --port "$port" \
+        --domain localhost --cafile "$cert" --password interop-pw-1 \
+        --smsc-log "$work/smsc.jsonl" ${INTEROP_DEBUG:+--debug}
+    kill -TERM "$smsc_pid" 2>/dev/null || true
+    wait "$smsc_pid" 2>/dev/null || true
+    smsc_pid=
+else
+    echo "interop: sms_scenario: FAILED (the PyPI package smppy is missing for $py)" >&2
     failed=1
 fi
 

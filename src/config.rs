@@ -76,25 +76,48 @@ pub struct Turn {
 pub struct Sms {
     /// Default `sms.` + the server's domain.
     pub domain: Option<String>,
-    /// `"smpp"` (or `"http"`, not built yet); none: the gateway sends
-    /// nothing.
+    /// `"smpp"` or `"http"`; none: the gateway sends nothing.
     pub backend: Option<String>,
     /// Most SMS parts one message becomes; longer ones are refused.
     pub max_parts: usize,
     /// Who gets an incoming SMS from a number no user wrote to.
     pub default_recipient: Option<String>,
     pub smpp: Option<Smpp>,
-    /// Read, but the HTTP backend is not built yet.
     pub http: Option<SmsHttp>,
 }
 
-/// `[sms.http]`: an HTTP SMS service (the backend is not built yet).
+/// `[sms.http]`: an HTTP SMS service (`xeps/confab-sms.md`): each SMS is
+/// POSTed as JSON to `url` with `Authorization: Bearer token`; the service
+/// POSTs delivery reports and incoming SMS to `/sms/report` and
+/// `/sms/incoming` on `[listen] http`, with `Bearer callback_token`.
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SmsHttp {
     pub url: String,
     /// Never logged.
     pub token: String,
+    /// What the service presents on its callbacks; default `token`.
+    /// Never logged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_token: Option<String>,
+    /// PEM file of CA certificates trusted for an `https` URL, in addition
+    /// to the system's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// Seconds one POST may take.
+    #[serde(default = "SmsHttp::default_timeout")]
+    pub timeout_s: u64,
+}
+
+impl SmsHttp {
+    fn default_timeout() -> u64 {
+        10
+    }
+
+    /// The token the service's callbacks must carry.
+    pub fn callback_token(&self) -> &str {
+        self.callback_token.as_deref().unwrap_or(&self.token)
+    }
 }
 
 impl std::fmt::Debug for SmsHttp {
@@ -102,6 +125,9 @@ impl std::fmt::Debug for SmsHttp {
         f.debug_struct("SmsHttp")
             .field("url", &self.url)
             .field("token", &"(hidden)")
+            .field("callback_token", &"(hidden)")
+            .field("ca_file", &self.ca_file)
+            .field("timeout_s", &self.timeout_s)
             .finish()
     }
 }
@@ -305,6 +331,9 @@ pub struct Listen {
     /// Server-to-server connections with direct TLS (XEP-0368, ALPN
     /// `xmpp-server`).
     pub s2s_direct_tls: Vec<String>,
+    /// HTTP (`src/http/`): callbacks of HTTP backends such as the SMS
+    /// service. None by default.
+    pub http: Vec<String>,
 }
 
 /// Federation (`[s2s]`): server-to-server streams with other domains.
@@ -454,6 +483,7 @@ impl Default for Listen {
             c2s_direct_tls: vec!["127.0.0.1:5223".into()],
             s2s: vec!["127.0.0.1:5269".into()],
             s2s_direct_tls: Vec::new(),
+            http: Vec::new(),
         }
     }
 }
@@ -595,6 +625,7 @@ impl Config {
             ("listen.c2s_direct_tls", &self.listen.c2s_direct_tls),
             ("listen.s2s", &self.listen.s2s),
             ("listen.s2s_direct_tls", &self.listen.s2s_direct_tls),
+            ("listen.http", &self.listen.http),
         ] {
             for (i, a) in list.iter().enumerate() {
                 if a.parse::<SocketAddr>().is_err() {
@@ -796,10 +827,11 @@ impl Config {
                 "backend = \"smpp\" needs an [sms.smpp] section (host, system_id, password)",
             )),
             Some("smpp") => {}
-            Some("http") => errors.push(err(
-                "sms.backend",
-                "the HTTP backend is not built yet; use \"smpp\"",
+            Some("http") if self.sms.http.is_none() => errors.push(err(
+                "sms.http",
+                "backend = \"http\" needs an [sms.http] section (url, token)",
             )),
+            Some("http") => {}
             Some(b) => errors.push(err(
                 "sms.backend",
                 format!("expected \"smpp\" or \"http\", got {b:?}"),
@@ -838,6 +870,37 @@ impl Config {
                     "sms.smpp.enquire_link_s",
                     format!("expected 5 to 3600, got {}", s.enquire_link_s),
                 ));
+            }
+        }
+        if let Some(h) = &self.sms.http {
+            if let Err(e) = crate::http::client::Target::parse(&h.url) {
+                errors.push(err("sms.http.url", format!("{e}, got {:?}", h.url)));
+            }
+            if h.token.is_empty() {
+                errors.push(err("sms.http.token", "expected the service's API token"));
+            }
+            if h.callback_token.as_deref() == Some("") {
+                errors.push(err(
+                    "sms.http.callback_token",
+                    "expected a token (leave it out to use token)",
+                ));
+            }
+            if !(1..=300).contains(&h.timeout_s) {
+                errors.push(err(
+                    "sms.http.timeout_s",
+                    format!("expected 1 to 300, got {}", h.timeout_s),
+                ));
+            }
+            if let Some(ca) = &h.ca_file {
+                if !ca.is_file() {
+                    errors.push(err(
+                        "sms.http.ca_file",
+                        format!(
+                            "expected a readable PEM file, {} does not exist",
+                            ca.display()
+                        ),
+                    ));
+                }
             }
         }
         if let Some(r) = &self.sms.default_recipient {
@@ -971,6 +1034,14 @@ impl Config {
     pub fn s2s_direct_tls_addrs(&self) -> Vec<SocketAddr> {
         self.listen
             .s2s_direct_tls
+            .iter()
+            .filter_map(|a| a.parse().ok())
+            .collect()
+    }
+
+    pub fn http_addrs(&self) -> Vec<SocketAddr> {
+        self.listen
+            .http
             .iter()
             .filter_map(|a| a.parse().ok())
             .collect()

@@ -12,6 +12,7 @@ pub mod config;
 pub mod datadir;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod http;
 pub mod links;
 pub mod modules;
 pub mod muc;

@@ -143,6 +143,7 @@ pub struct ServerHandle {
     pub c2s_direct_tls_addrs: Vec<SocketAddr>,
     pub s2s_addrs: Vec<SocketAddr>,
     pub s2s_direct_tls_addrs: Vec<SocketAddr>,
+    pub http_addrs: Vec<SocketAddr>,
     shutdown_tx: watch::Sender<bool>,
     accept_tasks: Vec<tokio::task::JoinHandle<()>>,
     admin_task: Option<tokio::task::JoinHandle<()>>,
@@ -179,6 +180,10 @@ impl ServerHandle {
         let mut direct = Vec::new();
         for a in config.c2s_direct_tls_addrs() {
             direct.push(bind(a).await?);
+        }
+        let mut http = Vec::new();
+        for a in config.http_addrs() {
+            http.push(bind(a).await?);
         }
         let s2s = if config.s2s.enabled {
             Some(crate::s2s::S2s::new(&config, &tls.identity).map_err(StartError)?)
@@ -240,6 +245,7 @@ impl ServerHandle {
                 .iter()
                 .filter_map(|l| l.local_addr().ok())
                 .collect(),
+            http_addrs: http.iter().filter_map(|l| l.local_addr().ok()).collect(),
             ctx: ctx.clone(),
             shutdown_tx,
             accept_tasks: Vec::new(),
@@ -266,6 +272,11 @@ impl ServerHandle {
                     )));
             }
         }
+        for l in http {
+            handle
+                .accept_tasks
+                .push(tokio::spawn(crate::http::accept_loop(ctx.clone(), l)));
+        }
         handle
             .accept_tasks
             .push(tokio::spawn(sweep_idle(ctx.clone())));
@@ -280,6 +291,7 @@ impl ServerHandle {
             c2s_direct_tls = ?handle.c2s_direct_tls_addrs,
             s2s = ?handle.s2s_addrs,
             s2s_direct_tls = ?handle.s2s_direct_tls_addrs,
+            http = ?handle.http_addrs,
             cert = %ctx.tls.cert_path.display(),
             "Confab is serving"
         );
@@ -401,17 +413,23 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
         .map_err(|e| StartError(format!("cannot listen on {addr}: {e}")))
 }
 
-async fn accept_loop(ctx: Arc<Ctx>, listener: TcpListener, direct_tls: bool) {
+/// The next connection on `listener` (of `what`, for the log).
+pub(crate) async fn accept(listener: &TcpListener, what: &str) -> (TcpStream, SocketAddr) {
     loop {
-        let (tcp, peer) = match listener.accept().await {
-            Ok(x) => x,
+        match listener.accept().await {
+            Ok(x) => return x,
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
+                tracing::warn!(error = %e, what, "accept failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
             }
-        };
+        }
+    }
+}
+
+async fn accept_loop(ctx: Arc<Ctx>, listener: TcpListener, direct_tls: bool) {
+    loop {
+        let (tcp, peer) = accept(&listener, "c2s").await;
         spawn_connection(&ctx, tcp, peer, direct_tls);
     }
 }

@@ -4,7 +4,8 @@
 #   scenarios with real third-party software (interop/run.sh).
 # Installs what the tests need when it is missing (Debian's python3-slixmpp
 # for /usr/bin/python3; prosody, lua-unbound and ejabberd as federation
-# partners; coturn as the TURN server) and puts the interop lab's names in /etc/hosts
+# partners; coturn as the TURN server; smppy from PyPI as the SMS centre)
+# and puts the interop lab's names in /etc/hosts
 # (interop/lab/hosts.sh). One cargo profile (release) for everything, so the
 # stack is built once and shared by the tests, the interop run and the
 # README's `cargo run --release -- serve`.
@@ -21,6 +22,9 @@ command -v prosody >/dev/null || need_pkgs+=(prosody)
 dpkg -s lua-unbound >/dev/null 2>&1 || need_pkgs+=(lua-unbound)
 # coturn's turnserver and turnutils_uclient, for interop/turn_scenario.py.
 command -v turnutils_uclient >/dev/null || need_pkgs+=(coturn)
+# pip for /usr/bin/python3, to install smppy from PyPI below.
+/usr/bin/python3 -m pip --version >/dev/null 2>&1 || need_pkgs+=(python3-pip)
+/usr/bin/python3 -c 'import setuptools' 2>/dev/null || need_pkgs+=(python3-setuptools)
 command -v erl >/dev/null && compgen -G '/usr/lib/*/ejabberd-*/ebin' >/dev/null || need_pkgs+=(ejabberd)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
     echo "== installing ${need_pkgs[*]}"
@@ -38,6 +42,13 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
     if [[ " ${need_pkgs[*]} " == *" ejabberd "* ]] && pgrep -u ejabberd beam >/dev/null 2>&1; then
         $sudo service ejabberd stop >/dev/null 2>&1 || true
     fi
+fi
+# smppy (PyPI: an SMPP 3.4 server library on smpppdu), the SMS centre of
+# interop/sms_scenario.py, for Debian's /usr/bin/python3.
+if ! /usr/bin/python3 -c 'import smppy' 2>/dev/null; then
+    echo "== installing smppy from PyPI for /usr/bin/python3"
+    $sudo /usr/bin/python3 -m pip install --quiet --disable-pip-version-check \
+        --break-system-packages smppy==0.3.2
 fi
 if ! interop/lab/hosts.sh --check >/dev/null 2>&1; then
     echo "== adding the interop lab's names to /etc/hosts"

@@ -154,7 +154,8 @@ pub enum Stage {
     BeforeLocalDelivery,
     /// A stanza from a local user about to leave for another server, as
     /// the user sent it (before the border rules): the local side's
-    /// archive and journal.
+    /// archive and journal. Gateways run it too for a message they take
+    /// out of XMPP (an SMS accepted for sending).
     BeforeRemote,
     /// A local user's presence on its way to one contact that subscribed
     /// to it (a broadcast, an answer to a probe, the presence a contact
@@ -388,6 +389,7 @@ pub struct Registry {
     server_nodes: Vec<Arc<dyn ServerNodes>>,
     every_resource: Vec<fn(&Element) -> bool>,
     services: Vec<Arc<dyn Service>>,
+    http: Vec<(&'static str, Arc<dyn crate::http::HttpHandler>)>,
 }
 
 impl Registry {
@@ -478,6 +480,20 @@ impl Registry {
 
     pub fn services(&self) -> &[Arc<dyn Service>] {
         &self.services
+    }
+
+    /// Serve the HTTP paths that start with `prefix` (on `[listen] http`).
+    pub fn http(&mut self, prefix: &'static str, h: Arc<dyn crate::http::HttpHandler>) {
+        self.http.push((prefix, h));
+    }
+
+    /// The HTTP handler of the longest prefix `path` starts with.
+    pub fn http_handler(&self, path: &str) -> Option<&Arc<dyn crate::http::HttpHandler>> {
+        self.http
+            .iter()
+            .filter(|(p, _)| path.starts_with(p))
+            .max_by_key(|(p, _)| p.len())
+            .map(|(_, h)| h)
     }
 
     /// Messages to a bare JID that `rule` picks go to every available

@@ -173,3 +173,55 @@ pub fn setup(config: &Config) -> Result<TlsSetup, String> {
         cert_path,
     })
 }
+
+/// Where Debian, Alpine, Fedora and friends keep the system's CA bundle.
+const SYSTEM_BUNDLES: &[&str] = &[
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/cert.pem",
+];
+
+/// The system's CA certificates, plus those of the PEM file `extra` (the
+/// config key `key` names it in errors).
+pub fn ca_roots(
+    extra: Option<&std::path::Path>,
+    key: &str,
+) -> Result<rustls::RootCertStore, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    if let Some(bundle) = SYSTEM_BUNDLES
+        .iter()
+        .find(|p| std::path::Path::new(p).is_file())
+    {
+        add_pem(&mut roots, std::path::Path::new(bundle), key, false)?;
+    }
+    if let Some(ca) = extra {
+        add_pem(&mut roots, ca, key, true)?;
+    }
+    Ok(roots)
+}
+
+fn add_pem(
+    roots: &mut rustls::RootCertStore,
+    path: &std::path::Path,
+    key: &str,
+    strict: bool,
+) -> Result<(), String> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("{key}: cannot read {}: {e}", path.display()))?;
+    let mut n = 0;
+    for c in certs {
+        match c {
+            Ok(c) => {
+                if roots.add(c).is_ok() {
+                    n += 1;
+                }
+            }
+            Err(e) if strict => return Err(format!("{key}: bad PEM in {}: {e}", path.display())),
+            Err(_) => {}
+        }
+    }
+    if strict && n == 0 {
+        return Err(format!("{key}: no CA certificate in {}", path.display()));
+    }
+    Ok(())
+}

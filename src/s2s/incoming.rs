@@ -43,14 +43,7 @@ const MAX_INCOMING: usize = 10_000;
 pub async fn accept_loop(ctx: Arc<Ctx>, listener: TcpListener, direct_tls: bool) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_INCOMING));
     loop {
-        let (tcp, peer) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::warn!(error = %e, "s2s accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+        let (tcp, peer) = crate::server::accept(&listener, "s2s").await;
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             tracing::warn!(%peer, "too many incoming s2s streams; refused");
             continue;

@@ -13,20 +13,12 @@ use std::sync::Arc;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
-use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
+use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
 use crate::config::Config;
 use crate::net::tls::{provider, Identity, VERSIONS};
-
-/// Where Debian, Alpine, Fedora and friends keep the system's CA bundle.
-const SYSTEM_BUNDLES: &[&str] = &[
-    "/etc/ssl/certs/ca-certificates.crt",
-    "/etc/pki/tls/certs/ca-bundle.crt",
-    "/etc/ssl/cert.pem",
-];
 
 /// The TLS configurations of federation.
 pub struct S2sTls {
@@ -48,16 +40,7 @@ pub struct PeerVerifier {
 
 impl PeerVerifier {
     fn new(config: &Config, provider: &Arc<CryptoProvider>) -> Result<PeerVerifier, String> {
-        let mut roots = RootCertStore::empty();
-        if let Some(bundle) = SYSTEM_BUNDLES
-            .iter()
-            .find(|p| std::path::Path::new(p).is_file())
-        {
-            add_pem(&mut roots, std::path::Path::new(bundle), false)?;
-        }
-        if let Some(ca) = &config.s2s.ca_file {
-            add_pem(&mut roots, ca, true)?;
-        }
+        let roots = crate::net::tls::ca_roots(config.s2s.ca_file.as_deref(), "s2s.ca_file")?;
         let webpki = if roots.is_empty() {
             tracing::warn!("no CA certificates: no peer certificate can be verified");
             None
@@ -87,32 +70,6 @@ impl PeerVerifier {
             }
         }
     }
-}
-
-fn add_pem(roots: &mut RootCertStore, path: &std::path::Path, strict: bool) -> Result<(), String> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("s2s.ca_file: cannot read {}: {e}", path.display()))?;
-    let mut n = 0;
-    for c in certs {
-        match c {
-            Ok(c) => {
-                if roots.add(c).is_ok() {
-                    n += 1;
-                }
-            }
-            Err(e) if strict => {
-                return Err(format!("s2s.ca_file: bad PEM in {}: {e}", path.display()))
-            }
-            Err(_) => {}
-        }
-    }
-    if strict && n == 0 {
-        return Err(format!(
-            "s2s.ca_file: no CA certificate in {}",
-            path.display()
-        ));
-    }
-    Ok(())
 }
 
 /// Checks handshake signatures, leaves the certificate's validity to the

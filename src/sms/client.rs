@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::gateway::{Gateway, Outgoing, Report};
+use super::gateway::{Gateway, Outgoing};
 use super::smpp::{self, Pdu};
 use crate::server::Ctx;
 use crate::store::BoxFuture;
@@ -231,11 +231,16 @@ impl Smpp {
             if s.sms.contains_key(&id) {
                 continue;
             }
-            let Ok(o) = serde_json::from_str::<Outgoing>(&doc) else {
+            let Ok(mut o) = serde_json::from_str::<Outgoing>(&doc) else {
                 tracing::error!(id, "an unreadable stored SMS is dropped");
                 let _ = ctx.stores.sms.put_outgoing(id, None).await;
                 continue;
             };
+            if o.acked.len() != o.parts.len() {
+                // Stored for a backend that takes whole texts: sent anew
+                // part by part.
+                o.acked = vec![None; o.parts.len()];
+            }
             for (i, acked) in o.acked.iter().enumerate() {
                 if acked.is_none() && s.known.insert((id, i)) {
                     s.queue.push_back((id, i));
@@ -264,6 +269,7 @@ impl Smpp {
                 short_message: part.clone(),
                 receipted_id: None,
                 state: None,
+                concat: None,
             };
             let seq = s.next_seq();
             s.send(&Pdu::new(smpp::SUBMIT_SM, seq, smpp::submit_body(&sm)))
@@ -291,15 +297,8 @@ impl Smpp {
                                 s.known.remove(&(key.0, i));
                             }
                             s.queue.retain(|k| k.0 != key.0);
-                            ctx.stores
-                                .sms
-                                .put_outgoing(key.0, None)
-                                .await
-                                .map_err(|e| format!("dropping a refused SMS: {e}"))?;
                             let why = format!("the SMS centre refused it, status {status:#x}");
-                            self.gw
-                                .failed(ctx, &o.from, o.msg_id.as_deref(), &o.number, &why)
-                                .await;
+                            self.gw.refused(ctx, key.0, &o, &why).await?;
                         }
                     }
                 }
@@ -324,13 +323,11 @@ impl Smpp {
                             .await?;
                     }
                     Ok(sm) => {
-                        let mut data = &sm.short_message[..];
-                        if sm.esm_class & smpp::ESM_UDHI != 0 {
-                            let h = data.first().map_or(0, |&n| n as usize + 1);
-                            data = data.get(h..).unwrap_or(&[]);
-                        }
-                        let text = super::text::decode(sm.data_coding, data);
-                        let ok = self.gw.incoming(ctx, &sm.source, &text).await;
+                        let text = super::text::decode(sm.data_coding, sm.user_data());
+                        let ok = match sm.concat {
+                            Some(c) => self.gw.incoming_part(ctx, &sm.source, c, &text).await,
+                            None => self.gw.incoming(ctx, &sm.source, &text).await,
+                        };
                         let status = if ok { smpp::ESME_ROK } else { 0x0000_0008 };
                         s.send(&p.response(status, smpp::id_body(""))).await?;
                     }
@@ -387,31 +384,10 @@ impl Smpp {
         let Some(o) = s.sms.remove(&key.0) else {
             return Ok(());
         };
-        let parts = o.parts.len();
-        let mut reports = Vec::new();
-        for (part, id) in o.acked.iter().enumerate() {
-            let Some(id) = id else { continue };
-            let r = Report {
-                from: o.from.clone(),
-                msg_id: o.msg_id.clone(),
-                number: o.number.clone(),
-                part,
-                parts,
-            };
-            reports.push((
-                id.clone(),
-                serde_json::to_string(&r).map_err(|e| e.to_string())?,
-            ));
-        }
-        for i in 0..parts {
+        for i in 0..o.parts.len() {
             s.known.remove(&(key.0, i));
         }
-        ctx.stores
-            .sms
-            .acknowledged(key.0, &reports)
-            .await
-            .map_err(|e| format!("storing an acknowledged SMS: {e}"))?;
-        tracing::info!(parts, "SMS acknowledged by the SMS centre");
+        self.gw.acknowledged(ctx, key.0, &o).await?;
         Ok(())
     }
 }

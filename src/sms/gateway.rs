@@ -33,9 +33,26 @@ pub struct Outgoing {
     pub data_coding: u8,
     /// Each part's short_message (with its header when there are several).
     pub parts: Vec<Vec<u8>>,
-    /// The SMS centre's message id of each part it acknowledged.
+    /// The SMS centre's message id of each part it acknowledged (one
+    /// entry for the whole text with a backend that takes whole texts).
     pub acked: Vec<Option<String>>,
+    /// The text, for a backend that takes whole texts (HTTP; also kept
+    /// so that a change of backend finds what it needs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
 }
+
+/// The parts of a concatenated incoming SMS received so far.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Partial {
+    /// Unix seconds of the first part.
+    first: i64,
+    parts: Vec<Option<String>>,
+}
+
+/// A set of parts whose first arrived this long ago is given up (the
+/// reference may be reused after it).
+const PARTIAL_MAX_AGE_S: i64 = 24 * 3600;
 
 /// What a delivery report for one part is about.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -64,13 +81,26 @@ pub fn register(r: &mut Registry, config: &crate::config::Config) {
         wake: Notify::new(),
     });
     r.component(domain, gw.clone());
-    if config.sms.backend.as_deref() == Some("smpp") {
-        if let Some(smpp) = &config.sms.smpp {
-            r.service(Arc::new(super::client::Smpp {
-                gw,
-                config: smpp.clone(),
-            }));
+    match config.sms.backend.as_deref() {
+        Some("smpp") => {
+            if let Some(smpp) = &config.sms.smpp {
+                r.service(Arc::new(super::client::Smpp {
+                    gw,
+                    config: smpp.clone(),
+                }));
+            }
         }
+        Some("http") => {
+            if let Some(http) = &config.sms.http {
+                let backend = Arc::new(super::http::Http {
+                    gw,
+                    config: http.clone(),
+                });
+                r.http(super::http::PREFIX, backend.clone());
+                r.service(backend);
+            }
+        }
+        _ => {}
     }
 }
 
@@ -96,7 +126,7 @@ impl Gateway {
         }
     }
 
-    async fn message(&self, ctx: &Arc<Ctx>, el: Element, from: Jid, to: Jid) {
+    async fn message(&self, ctx: &Arc<Ctx>, mut el: Element, from: Jid, to: Jid) {
         if matches!(stanza_type(&el), "error" | "groupchat" | "headline") {
             return;
         }
@@ -180,13 +210,17 @@ impl Gateway {
             }
         };
         let n = coded.parts.len();
+        // The HTTP service takes the whole text (and splits it itself); the
+        // parts were counted against max_parts all the same.
+        let whole_texts = ctx.config.sms.backend.as_deref() == Some("http");
         let out = Outgoing {
             from: from.to_string(),
             msg_id: el.attr("id").map(str::to_string),
             number: number.clone(),
             data_coding: coded.coding.data_coding(),
+            acked: vec![None; if whole_texts { 1 } else { n }],
             parts: coded.parts,
-            acked: vec![None; n],
+            text: Some(body),
         };
         let stored = match serde_json::to_string(&out) {
             Ok(doc) => ctx.stores.sms.put_outgoing(id, Some(&doc)).await,
@@ -201,6 +235,17 @@ impl Gateway {
         }
         tracing::info!(user = %user, parts = n, "SMS accepted");
         self.wake.notify_one();
+        // It leaves XMPP here: the sender's archive and journal keep it as
+        // sent, as for a message to another server.
+        ctx.registry
+            .run_processors(
+                ctx,
+                crate::modules::Stage::BeforeRemote,
+                &from,
+                &to,
+                &mut el,
+            )
+            .await;
     }
 
     /// A delivery report for SMS centre message `smsc_id`: `delivered`,
@@ -237,6 +282,55 @@ impl Gateway {
         }
     }
 
+    /// Every part of stored SMS `id` was acknowledged: keep what its
+    /// delivery reports will be about and drop it from the outbox, in one
+    /// durable step.
+    pub async fn acknowledged(&self, ctx: &Arc<Ctx>, id: u64, o: &Outgoing) -> Result<(), String> {
+        let parts = o.acked.len();
+        let mut reports = Vec::new();
+        for (part, smsc_id) in o.acked.iter().enumerate() {
+            let Some(smsc_id) = smsc_id else { continue };
+            let r = Report {
+                from: o.from.clone(),
+                msg_id: o.msg_id.clone(),
+                number: o.number.clone(),
+                part,
+                parts,
+            };
+            reports.push((
+                smsc_id.clone(),
+                serde_json::to_string(&r).map_err(|e| e.to_string())?,
+            ));
+        }
+        ctx.stores
+            .sms
+            .acknowledged(id, &reports)
+            .await
+            .map_err(|e| format!("storing an acknowledged SMS: {e}"))?;
+        tracing::info!(parts, "SMS acknowledged by the SMS service");
+        Ok(())
+    }
+
+    /// Stored SMS `id` was refused for good: it leaves the outbox and the
+    /// sender is told why.
+    pub async fn refused(
+        &self,
+        ctx: &Arc<Ctx>,
+        id: u64,
+        o: &Outgoing,
+        why: &str,
+    ) -> Result<(), String> {
+        ctx.stores
+            .sms
+            .put_outgoing(id, None)
+            .await
+            .map_err(|e| format!("dropping a refused SMS: {e}"))?;
+        tracing::info!(why, "SMS refused by the SMS service");
+        self.failed(ctx, &o.from, o.msg_id.as_deref(), &o.number, why)
+            .await;
+        Ok(())
+    }
+
     /// Tell the sender their SMS was not delivered.
     pub async fn failed(
         &self,
@@ -260,6 +354,56 @@ impl Gateway {
         );
         m.append_child(e.into());
         router::route(ctx, m).await;
+    }
+
+    /// Part `c` of a longer SMS from `number`: kept (durably) until every
+    /// part is here, then the whole text goes on as one message. False
+    /// when it could not be kept (the SMS centre is to send it again).
+    pub async fn incoming_part(
+        &self,
+        ctx: &Arc<Ctx>,
+        number: &str,
+        c: super::smpp::Concat,
+        text: &str,
+    ) -> bool {
+        let key = format!("{number}/{}/{}", c.reference, c.total);
+        let now = chrono::Utc::now().timestamp();
+        let mut p = match ctx.stores.sms.partial(&key, None).await {
+            Ok(doc) => doc
+                .and_then(|d| serde_json::from_str::<Partial>(&d).ok())
+                .filter(|p| p.parts.len() == c.total as usize && now - p.first < PARTIAL_MAX_AGE_S)
+                .unwrap_or_default(),
+            Err(e) => {
+                tracing::error!(error = %e, "reading the parts of an SMS failed");
+                return false;
+            }
+        };
+        if p.parts.is_empty() {
+            p.first = now;
+            p.parts = vec![None; c.total as usize];
+        }
+        if let Some(slot) = p.parts.get_mut(c.seq as usize - 1) {
+            *slot = Some(text.to_string());
+        }
+        if p.parts.iter().all(Option::is_some) {
+            let whole: String = p.parts.iter().flatten().map(String::as_str).collect();
+            if !self.incoming(ctx, number, &whole).await {
+                return false;
+            }
+            if let Err(e) = ctx.stores.sms.partial(&key, Some(None)).await {
+                tracing::warn!(error = %e, "dropping the parts of a delivered SMS failed");
+            }
+            return true;
+        }
+        let stored = match serde_json::to_string(&p) {
+            Ok(doc) => ctx.stores.sms.partial(&key, Some(Some(&doc))).await,
+            Err(e) => Err(crate::store::StoreError(e.to_string())),
+        };
+        if let Err(e) = stored {
+            tracing::error!(error = %e, "keeping a part of an SMS failed");
+            return false;
+        }
+        true
     }
 
     /// An SMS from `number`: to whoever last wrote to it, else the

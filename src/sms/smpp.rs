@@ -34,6 +34,18 @@ pub const ESM_RECEIPT: u8 = 0x04;
 const TLV_RECEIPTED_MESSAGE_ID: u16 = 0x001E;
 const TLV_MESSAGE_STATE: u16 = 0x0427;
 const TLV_MESSAGE_PAYLOAD: u16 = 0x0424;
+const TLV_SAR_MSG_REF_NUM: u16 = 0x020C;
+const TLV_SAR_TOTAL_SEGMENTS: u16 = 0x020E;
+const TLV_SAR_SEGMENT_SEQNUM: u16 = 0x020F;
+
+/// Where one part of a concatenated SMS belongs: its set's reference, how
+/// many parts the set has, and its own number (1-based).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Concat {
+    pub reference: u16,
+    pub total: u8,
+    pub seq: u8,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pdu {
@@ -173,6 +185,58 @@ pub struct Sm {
     /// state (TLVs, or the receipt text of SMPP 3.4 Appendix B).
     pub receipted_id: Option<String>,
     pub state: Option<String>,
+    /// Of one part of a longer SMS: the SAR parameters (§5.3.2.22-24) or
+    /// the user data header's concatenation element (3GPP TS 23.040
+    /// §9.2.3.24.1, 8- or 16-bit reference).
+    pub concat: Option<Concat>,
+}
+
+/// A short message's octets without its user data header (when `udhi`).
+pub fn user_data(udhi: bool, short_message: &[u8]) -> &[u8] {
+    if !udhi {
+        return short_message;
+    }
+    let h = short_message.first().map_or(0, |&n| n as usize + 1);
+    short_message.get(h..).unwrap_or(&[])
+}
+
+impl Sm {
+    /// The text's octets: the short message without its user data header.
+    pub fn user_data(&self) -> &[u8] {
+        user_data(self.esm_class & ESM_UDHI != 0, &self.short_message)
+    }
+
+    /// The concatenation element of the user data header, if any.
+    fn udh_concat(&self) -> Option<Concat> {
+        if self.esm_class & ESM_UDHI == 0 {
+            return None;
+        }
+        let len = *self.short_message.first()? as usize;
+        let mut ies = self.short_message.get(1..1 + len)?;
+        while ies.len() >= 2 {
+            let (iei, l) = (ies[0], ies[1] as usize);
+            let v = ies.get(2..2 + l)?;
+            match (iei, v) {
+                (0x00, &[r, total, seq]) => {
+                    return Some(Concat {
+                        reference: r as u16,
+                        total,
+                        seq,
+                    })
+                }
+                (0x08, &[r1, r2, total, seq]) => {
+                    return Some(Concat {
+                        reference: u16::from_be_bytes([r1, r2]),
+                        total,
+                        seq,
+                    })
+                }
+                _ => {}
+            }
+            ies = &ies[2 + l..];
+        }
+        None
+    }
 }
 
 /// TON/NPI of an address: international ISDN for `+` numbers (sent
@@ -249,7 +313,9 @@ pub fn parse_sm(body: &[u8]) -> Result<Sm, Bad> {
         short_message: Vec::new(),
         receipted_id: None,
         state: None,
+        concat: None,
     };
+    let (mut sar_ref, mut sar_total, mut sar_seq) = (None, None, None);
     // Optional parameters (§5.3).
     let mut tlvs = r.rest();
     while tlvs.len() >= 4 {
@@ -269,6 +335,11 @@ pub fn parse_sm(body: &[u8]) -> Result<Sm, Bad> {
                 sm.state = v.first().map(|s| state_name(*s).to_string());
             }
             TLV_MESSAGE_PAYLOAD if short_message.is_empty() => short_message = v.to_vec(),
+            TLV_SAR_MSG_REF_NUM => {
+                sar_ref = <[u8; 2]>::try_from(v).ok().map(u16::from_be_bytes);
+            }
+            TLV_SAR_TOTAL_SEGMENTS => sar_total = v.first().copied(),
+            TLV_SAR_SEGMENT_SEQNUM => sar_seq = v.first().copied(),
             _ => {}
         }
         tlvs = &tlvs[4 + len..];
@@ -286,6 +357,15 @@ pub fn parse_sm(body: &[u8]) -> Result<Sm, Bad> {
         }
     }
     sm.short_message = short_message;
+    sm.concat = match (sar_ref, sar_total, sar_seq) {
+        (Some(reference), Some(total), Some(seq)) => Some(Concat {
+            reference,
+            total,
+            seq,
+        }),
+        _ => sm.udh_concat(),
+    }
+    .filter(|c| c.total > 1 && (1..=c.total).contains(&c.seq));
     Ok(sm)
 }
 
@@ -342,6 +422,12 @@ mod tests {
             short_message: vec![5, 0, 3, 1, 2, 1, 0, 0x41],
             receipted_id: None,
             state: None,
+            // Read from the user data header.
+            concat: Some(Concat {
+                reference: 1,
+                total: 2,
+                seq: 1,
+            }),
         };
         let p = Pdu::new(SUBMIT_SM, 7, submit_body(&sm));
         let bytes = p.encode();
@@ -351,6 +437,7 @@ mod tests {
         let (q, n) = Pdu::decode(&bytes).unwrap().unwrap();
         assert_eq!((q.clone(), n), (p, bytes.len()));
         assert_eq!(parse_sm(&q.body).unwrap(), sm);
+        assert_eq!(sm.user_data(), &[0, 0x41]);
         // Lengths outside the protocol's are refused.
         assert!(Pdu::decode(&[0, 0, 0, 5, 0, 0, 0, 0]).is_err());
         assert!(Pdu::decode(&[0, 1, 0, 0]).is_err());
@@ -372,6 +459,7 @@ mod tests {
             short_message: b"id:m42 sub:001 dlvrd:001 submit date:2612031200 done date:2612031201 stat:DELIVRD err:000 text:hi".to_vec(),
             receipted_id: None,
             state: None,
+            concat: None,
         };
         let got = parse_sm(&submit_body(&sm)).unwrap();
         assert_eq!(got.receipted_id.as_deref(), Some("m42"));
@@ -390,5 +478,58 @@ mod tests {
         // A TLV whose length runs past the body.
         body.extend([0x04, 0x24, 0, 9, 1]);
         assert!(parse_sm(&body).is_err());
+    }
+
+    #[test]
+    fn parts_of_long_sms_by_header_and_by_sar() {
+        let base = Sm {
+            source: "+491511".into(),
+            destination: String::new(),
+            esm_class: ESM_UDHI,
+            registered_delivery: 0,
+            data_coding: 0,
+            short_message: Vec::new(),
+            receipted_id: None,
+            state: None,
+            concat: None,
+        };
+        let read = |short_message: Vec<u8>, esm_class: u8, tlvs: &[u8]| {
+            let mut body = submit_body(&Sm {
+                short_message,
+                esm_class,
+                ..base.clone()
+            });
+            body.extend_from_slice(tlvs);
+            parse_sm(&body).unwrap()
+        };
+        // 16-bit reference, after another element of the header.
+        let sm = read(
+            vec![8, 0x70, 0, 0x08, 4, 0x12, 0x34, 3, 2, b'h', b'i'],
+            ESM_UDHI,
+            &[],
+        );
+        let c = Concat {
+            reference: 0x1234,
+            total: 3,
+            seq: 2,
+        };
+        assert_eq!((sm.concat, sm.user_data()), (Some(c), &b"hi"[..]));
+        // SAR parameters, no header.
+        let sar = [
+            0x02, 0x0C, 0, 2, 0x12, 0x34, 0x02, 0x0E, 0, 1, 3, 0x02, 0x0F, 0, 1, 2,
+        ];
+        let sm = read(b"hi".to_vec(), 0, &sar);
+        assert_eq!((sm.concat, sm.user_data()), (Some(c), &b"hi"[..]));
+        // Not parts: one part in all, part 0, beyond the total, a header
+        // cut short, no header flag.
+        for (data, esm) in [
+            (vec![5, 0, 3, 9, 1, 1, b'x'], ESM_UDHI),
+            (vec![5, 0, 3, 9, 2, 0, b'x'], ESM_UDHI),
+            (vec![5, 0, 3, 9, 2, 3, b'x'], ESM_UDHI),
+            (vec![5, 0, 3, 9], ESM_UDHI),
+            (vec![5, 0, 3, 9, 2, 1, b'x'], 0),
+        ] {
+            assert_eq!(read(data, esm, &[]).concat, None);
+        }
     }
 }

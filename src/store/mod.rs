@@ -888,6 +888,14 @@ pub trait SmsStore: Send + Sync {
         smsc_id: &'a str,
         doc: Option<Option<&'a str>>,
     ) -> BoxFuture<'a, StoreResult<Option<String>>>;
+    /// The parts of a concatenated incoming SMS received so far, under
+    /// `key`; with `doc` `Some`, replace them (`Some(None)`: remove them).
+    /// Returns what was there.
+    fn partial<'a>(
+        &'a self,
+        key: &'a str,
+        doc: Option<Option<&'a str>>,
+    ) -> BoxFuture<'a, StoreResult<Option<String>>>;
     fn set_last_writer<'a>(
         &'a self,
         number: &'a str,

@@ -2,7 +2,9 @@
 //! - `o` + id (8 octets, big-endian) → an outgoing SMS not yet wholly
 //!   acknowledged by the SMS centre (JSON);
 //! - `s` + SMSC message id → what a delivery report for it is about (JSON);
-//! - `w` + number → the account that last wrote to it.
+//! - `w` + number → the account that last wrote to it;
+//! - `p` + source/reference/total → the parts of a concatenated incoming
+//!   SMS received so far (JSON).
 //!
 //! Acknowledging an SMS is one atomic batch: its report records in, the
 //! outgoing entry out.
@@ -71,25 +73,15 @@ impl SmsStore for SledStore {
         smsc_id: &'a str,
         doc: Option<Option<&'a str>>,
     ) -> BoxFuture<'a, StoreResult<Option<String>>> {
-        Box::pin(async move {
-            let k = key(b's', smsc_id.as_bytes());
-            let old = self
-                .sms
-                .get(&k)
-                .map_err(e)?
-                .map(|v| String::from_utf8_lossy(&v).into_owned());
-            match doc {
-                None => return Ok(old),
-                Some(Some(d)) => {
-                    self.sms.insert(k, d.as_bytes()).map_err(e)?;
-                }
-                Some(None) => {
-                    self.sms.remove(k).map_err(e)?;
-                }
-            }
-            self.commit().await?;
-            Ok(old)
-        })
+        Box::pin(self.swap(b's', smsc_id, doc))
+    }
+
+    fn partial<'a>(
+        &'a self,
+        key: &'a str,
+        doc: Option<Option<&'a str>>,
+    ) -> BoxFuture<'a, StoreResult<Option<String>>> {
+        Box::pin(self.swap(b'p', key, doc))
     }
 
     fn set_last_writer<'a>(
@@ -115,5 +107,34 @@ impl SmsStore for SledStore {
                 .map_err(e)?
                 .map(|v| String::from_utf8_lossy(&v).into_owned()))
         })
+    }
+}
+
+impl SledStore {
+    /// Read the document under `kind` + `name`; with `doc` `Some`, replace
+    /// it (`Some(None)`: remove it), durably. Returns what was there.
+    async fn swap(
+        &self,
+        kind: u8,
+        name: &str,
+        doc: Option<Option<&str>>,
+    ) -> StoreResult<Option<String>> {
+        let k = key(kind, name.as_bytes());
+        let old = self
+            .sms
+            .get(&k)
+            .map_err(e)?
+            .map(|v| String::from_utf8_lossy(&v).into_owned());
+        match doc {
+            None => return Ok(old),
+            Some(Some(d)) => {
+                self.sms.insert(k, d.as_bytes()).map_err(e)?;
+            }
+            Some(None) => {
+                self.sms.remove(k).map_err(e)?;
+            }
+        }
+        self.commit().await?;
+        Ok(old)
     }
 }

@@ -69,6 +69,7 @@ impl TestServer {
                 c2s_direct_tls: vec!["127.0.0.1:0".into()],
                 s2s: vec![],
                 s2s_direct_tls: vec![],
+                http: vec![],
             },
             ..Config::default()
         };

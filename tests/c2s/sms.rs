@@ -98,10 +98,14 @@ impl Smsc {
 
     /// Send a deliver_sm (a report or an SMS) on the bound session.
     async fn deliver(&self, sm: Sm) {
+        self.deliver_body(smpp::submit_body(&sm)).await
+    }
+
+    /// Send a deliver_sm with this body.
+    async fn deliver_body(&self, body: Vec<u8>) {
         for _ in 0..200 {
             if let Some(tx) = self.push.lock().unwrap().as_ref() {
-                tx.send(Pdu::new(smpp::DELIVER_SM, 9000, smpp::submit_body(&sm)))
-                    .unwrap();
+                tx.send(Pdu::new(smpp::DELIVER_SM, 9000, body)).unwrap();
                 return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -120,6 +124,7 @@ fn receipt(smsc_id: &str, stat: &str) -> Sm {
         short_message: format!("id:{smsc_id} sub:001 dlvrd:001 submit date:2612031200 done date:2612031201 stat:{stat} err:000 text:x").into_bytes(),
         receipted_id: None,
         state: None,
+        concat: None,
     }
 }
 
@@ -133,6 +138,7 @@ fn sms_from(number: &str, text: &str) -> Sm {
         short_message: text.as_bytes().to_vec(),
         receipted_id: None,
         state: None,
+        concat: None,
     }
 }
 
@@ -286,7 +292,13 @@ async fn an_sms_goes_out_its_report_comes_back_and_answers_reach_the_writer() {
     smsc.deliver(sms_from(NUMBER, "Danke!")).await;
     let m = a.expect_where(|e| is_msg_from(e, NUMBER)).await;
     assert_eq!(body(&m).as_deref(), Some("Danke!"));
-    assert!(a.mam("").await.bodies().contains(&"Danke!".to_string()));
+    // Both sides are in her archive: what she sent, as sent.
+    let archived = a.mam("").await.bodies();
+    assert!(archived.contains(&"Danke!".to_string()), "{archived:?}");
+    assert!(
+        archived.contains(&"Grüße aus dem Büro".to_string()),
+        "{archived:?}"
+    );
     // The centre may give the number nationally: the same number.
     smsc.deliver(sms_from("015112345678", "Bis morgen")).await;
     let m = a.expect_where(|e| is_msg_from(e, NUMBER)).await;
@@ -295,6 +307,38 @@ async fn an_sms_goes_out_its_report_comes_back_and_answers_reach_the_writer() {
     smsc.deliver(sms_from("+4930999", "Wer ist da?")).await;
     let m = b.expect_where(|e| is_msg_from(e, "+4930999")).await;
     assert_eq!(body(&m).as_deref(), Some("Wer ist da?"));
+
+    // A long SMS in parts with a user data header (8-bit reference),
+    // the second first: one message once both are here.
+    let part = |reference: u8, seq: u8, text: &str| {
+        let mut sm = sms_from(NUMBER, "");
+        sm.esm_class = smpp::ESM_UDHI;
+        sm.short_message = vec![5, 0, 3, reference, 2, seq];
+        sm.short_message.extend_from_slice(text.as_bytes());
+        sm
+    };
+    smsc.deliver(part(7, 2, "zweiter Teil.")).await;
+    smsc.deliver(part(7, 1, "Erster Teil, ")).await;
+    let m = a.expect_where(|e| is_msg_from(e, NUMBER)).await;
+    assert_eq!(body(&m).as_deref(), Some("Erster Teil, zweiter Teil."));
+    // The same in three parts with SAR parameters instead (16-bit
+    // reference), as SMS centres also send them.
+    for (seq, text) in [(1u8, "eins "), (3, "drei"), (2, "zwei ")] {
+        let mut body = smpp::submit_body(&sms_from(NUMBER, text));
+        body.extend_from_slice(&[0x02, 0x0C, 0, 2, 0x12, 0x34]);
+        body.extend_from_slice(&[0x02, 0x0E, 0, 1, 3]);
+        body.extend_from_slice(&[0x02, 0x0F, 0, 1, seq]);
+        smsc.deliver_body(body).await;
+    }
+    let m = a.expect_where(|e| is_msg_from(e, NUMBER)).await;
+    assert_eq!(body(&m).as_deref(), Some("eins zwei drei"));
+    // Nothing else came of the parts.
+    a.send_raw("<iq type='get' id='sync'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .await;
+    let next = a
+        .expect_where(|e| is_msg_from(e, NUMBER) || e.attr("id") == Some("sync"))
+        .await;
+    assert_eq!(next.attr("id"), Some("sync"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -331,4 +375,254 @@ async fn an_outage_delays_an_sms_and_it_arrives_once() {
     s.restart().await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(smsc.submits().len(), 1);
+}
+
+/// An HTTP SMS service: records each POST (its Authorization header and
+/// JSON document) and answers with the next status the test queued
+/// (200 with `{"id": "svc-N"}` when none is).
+/// A POST the service received: its Authorization header and document.
+type Post = (Option<String>, serde_json::Value);
+
+#[derive(Clone, Default)]
+struct HttpService {
+    posts: Arc<Mutex<Vec<Post>>>,
+    answers: Arc<Mutex<std::collections::VecDeque<u16>>>,
+}
+
+impl HttpService {
+    async fn serve(&self) -> String {
+        use http_body_util::BodyExt;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/send", listener.local_addr().unwrap());
+        let me = self.clone();
+        tokio::spawn(async move {
+            while let Ok((sock, _)) = listener.accept().await {
+                let me = me.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(
+                        move |req: hyper::Request<hyper::body::Incoming>| {
+                            let me = me.clone();
+                            async move {
+                                let auth = req
+                                    .headers()
+                                    .get("authorization")
+                                    .map(|v| v.to_str().unwrap().to_string());
+                                assert_eq!(req.uri().path(), "/send");
+                                let body = req.into_body().collect().await.unwrap().to_bytes();
+                                let doc = serde_json::from_slice(&body).unwrap();
+                                let n = {
+                                    let mut p = me.posts.lock().unwrap();
+                                    p.push((auth, doc));
+                                    p.len()
+                                };
+                                let status = me.answers.lock().unwrap().pop_front().unwrap_or(200);
+                                let answer = format!("{{\"id\": \"svc-{n}\"}}");
+                                let mut r = hyper::Response::new(http_body_util::Full::new(
+                                    bytes::Bytes::from(answer),
+                                ));
+                                *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                                Ok::<_, std::convert::Infallible>(r)
+                            }
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(sock), svc)
+                        .await;
+                });
+            }
+        });
+        url
+    }
+
+    fn posts(&self) -> Vec<Post> {
+        self.posts.lock().unwrap().clone()
+    }
+
+    async fn wait_posts(&self, n: usize) -> Vec<Post> {
+        for _ in 0..200 {
+            if self.posts.lock().unwrap().len() >= n {
+                return self.posts();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{n} POSTs expected, got {}", self.posts().len());
+    }
+}
+
+/// One HTTP/1.1 request on a fresh connection: the status and the body.
+async fn http_call(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (u16, String) {
+    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{auth}\r\n{body}",
+        body.len()
+    );
+    sock.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = sock.read_to_end(&mut out).await;
+    let out = String::from_utf8_lossy(&out).into_owned();
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_backend_posts_retries_and_takes_callbacks() {
+    let svc = HttpService::default();
+    let url = svc.serve().await;
+    // The service is down at first: 503, then it takes the SMS.
+    svc.answers.lock().unwrap().push_back(503);
+    let s = TestServer::start_with(|c| {
+        c.listen.http = vec!["127.0.0.1:0".into()];
+        c.sms.backend = Some("http".into());
+        c.sms.max_parts = 3;
+        c.sms.default_recipient = Some("bob@localhost".into());
+        c.sms.http = Some(confab::config::SmsHttp {
+            url,
+            token: "tok-out".into(),
+            callback_token: Some("tok-in".into()),
+            ca_file: None,
+            timeout_s: 5,
+        });
+    })
+    .await;
+    for u in ["alice", "bob"] {
+        s.add_user(u, "pw-sms").await;
+    }
+    let web = s.handle().http_addrs[0];
+    // Rights first, as with SMPP.
+    let mut a = s.online("alice", "pw-sms", "a").await;
+    a.send_raw(&sms(&format!("{NUMBER}@{GW}"), "m0", "hi"))
+        .await;
+    let e = a.expect_where(|e| e.attr("id") == Some("m0")).await;
+    assert_eq!(error_condition(&e).as_deref(), Some("forbidden"));
+    grant_sms(&s, "alice@localhost").await;
+
+    a.send_raw(&sms(&format!("{NUMBER}@{GW}"), "m1", "Grüße per HTTP"))
+        .await;
+    let posts = svc.wait_posts(2).await;
+    for (auth, doc) in &posts {
+        assert_eq!(auth.as_deref(), Some("Bearer tok-out"));
+        assert_eq!(doc["to"], NUMBER);
+        assert_eq!(doc["text"], "Grüße per HTTP");
+        assert_eq!(doc["parts"], 1);
+    }
+    assert_eq!(
+        posts[0].1["id"], posts[1].1["id"],
+        "a retry names the same SMS"
+    );
+    // Taken once: never posted again, not after a while either.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(svc.posts().len(), 2);
+
+    // The delivery report for the service's id is a receipt for m1.
+    let report = r#"{"id": "svc-2", "status": "delivered"}"#;
+    assert_eq!(
+        http_call(web, "POST", "/sms/report", Some("tok-in"), report)
+            .await
+            .0,
+        204
+    );
+    let r = a
+        .expect_where(|e| e.has_child("received", "urn:xmpp:receipts"))
+        .await;
+    assert_eq!(
+        r.get_child("received", "urn:xmpp:receipts")
+            .unwrap()
+            .attr("id"),
+        Some("m1")
+    );
+    // Callbacks need the callback token and a well-formed request.
+    for (method, path, token, body, want) in [
+        ("POST", "/sms/report", Some("tok-out"), report, 401),
+        ("POST", "/sms/report", None, report, 401),
+        ("GET", "/sms/report", Some("tok-in"), "", 405),
+        ("POST", "/sms/report", Some("tok-in"), "{not json", 400),
+        (
+            "POST",
+            "/sms/report",
+            Some("tok-in"),
+            r#"{"status": "delivered"}"#,
+            400,
+        ),
+        (
+            "POST",
+            "/sms/incoming",
+            Some("tok-in"),
+            r#"{"from": "abc", "text": "x"}"#,
+            400,
+        ),
+        ("POST", "/sms/other", Some("tok-in"), report, 404),
+        ("POST", "/elsewhere", Some("tok-in"), report, 404),
+    ] {
+        let (status, _) = http_call(web, method, path, token, body).await;
+        assert_eq!(status, want, "{method} {path} {token:?} {body}");
+    }
+    let huge = format!(
+        r#"{{"from": "{NUMBER}", "text": "{}"}}"#,
+        "x".repeat(20_000)
+    );
+    assert_eq!(
+        http_call(web, "POST", "/sms/incoming", Some("tok-in"), &huge)
+            .await
+            .0,
+        413
+    );
+
+    // An incoming SMS reaches alice, who wrote to the number last.
+    let incoming = format!(r#"{{"from": "{NUMBER}", "text": "Antwort per HTTP"}}"#);
+    assert_eq!(
+        http_call(web, "POST", "/sms/incoming", Some("tok-in"), &incoming)
+            .await
+            .0,
+        204
+    );
+    let m = a.expect_where(|e| is_msg_from(e, NUMBER)).await;
+    assert_eq!(body(&m).as_deref(), Some("Antwort per HTTP"));
+
+    // A long text is one POST (the service splits it), counted in parts.
+    a.send_raw(&sms(&format!("{NUMBER}@{GW}"), "m2", &"b".repeat(200)))
+        .await;
+    let posts = svc.wait_posts(3).await;
+    assert_eq!(posts[2].1["parts"], 2);
+    assert_eq!(posts[2].1["text"].as_str().map(str::len), Some(200));
+    // A failed report is an error for its message.
+    let failed = r#"{"id": "svc-3", "status": "failed"}"#;
+    assert_eq!(
+        http_call(web, "POST", "/sms/report", Some("tok-in"), failed)
+            .await
+            .0,
+        204
+    );
+    let e = a.expect_where(|e| e.attr("id") == Some("m2")).await;
+    assert_eq!(e.attr("type"), Some("error"));
+    // The service refuses one for good (4xx): the sender hears of it, and
+    // it is not tried again.
+    svc.answers.lock().unwrap().push_back(422);
+    a.send_raw(&sms(&format!("{NUMBER}@{GW}"), "m3", "refused"))
+        .await;
+    let e = a.expect_where(|e| e.attr("id") == Some("m3")).await;
+    assert_eq!(e.attr("type"), Some("error"));
+    assert!(
+        String::from(&e).contains("HTTP 422"),
+        "{}",
+        String::from(&e)
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(svc.posts().len(), 4);
 }
