@@ -9,7 +9,8 @@
 //! address (Confab 127.0.0.10, Prosody 127.0.0.11, ejabberd 127.0.0.12),
 //! gets its users, is measured, and is stopped by PID. The targets are
 //! Confab, Confab with its archive off (`confab-nomam`, chat only),
-//! Confab without its journal (`confab-noinbox`, chat only), Prosody and
+//! Confab without its journal (`confab-noinbox`, chat only), Confab
+//! without link references (`confab-nolinks`, chat only), Prosody and
 //! ejabberd; the `mam` scenario (archive queries on a large archive) and
 //! the `inbox` scenario (inbox queries at 1,000 conversations) run for
 //! Confab only. Results are printed as one table and
@@ -43,6 +44,8 @@ enum Which {
     ConfabNomam,
     /// Confab with `[inbox] enabled = false` (chat scenario only).
     ConfabNoinbox,
+    /// Confab with `[links] enabled = false` (chat scenario only).
+    ConfabNolinks,
     Prosody,
     Ejabberd,
     All,
@@ -178,7 +181,7 @@ struct TargetResult {
 
 fn version(kind: Kind) -> String {
     let cmd: &[&str] = match kind {
-        Kind::Confab | Kind::ConfabNomam | Kind::ConfabNoinbox => {
+        Kind::Confab | Kind::ConfabNomam | Kind::ConfabNoinbox | Kind::ConfabNolinks => {
             return format!("{} {}", kind.name(), env!("CARGO_PKG_VERSION"))
         }
         Kind::Prosody => &["dpkg-query", "-W", "-f", "${Version}", "prosody"],
@@ -246,7 +249,10 @@ async fn run_target(kind: Kind, args: &Args, work: &std::path::Path) -> TargetRe
     };
     // The archive changes nothing in logins: Confab without it runs the
     // chat scenario only.
-    let variant = matches!(kind, Kind::ConfabNomam | Kind::ConfabNoinbox);
+    let variant = matches!(
+        kind,
+        Kind::ConfabNomam | Kind::ConfabNoinbox | Kind::ConfabNolinks
+    );
     if matches!(args.scenario, Scenario::Connect | Scenario::All) && !variant {
         match start(
             kind,
@@ -702,39 +708,42 @@ fn print_table(results: &[TargetResult]) {
     ];
     println!();
     println!(
-        "| {:<32} | {:>10} | {:>10} | {:>10} | {:>10} | {:>10} | {:>12} | {:>13} |",
+        "| {:<32} | {:>10} | {:>10} | {:>10} | {:>10} | {:>10} | {:>10} | {:>12} | {:>13} |",
         "metric",
         "Confab",
         "no archive",
         "no journal",
+        "no links",
         "Prosody",
         "ejabberd",
         "vs Prosody",
         "vs ejabberd"
     );
     println!(
-        "|{:-<34}|{:->12}|{:->12}|{:->12}|{:->12}|{:->12}|{:->14}|{:->15}|",
-        "", "", "", "", "", "", "", ""
+        "|{:-<34}|{:->12}|{:->12}|{:->12}|{:->12}|{:->12}|{:->12}|{:->14}|{:->15}|",
+        "", "", "", "", "", "", "", "", ""
     );
     for (name, f, prec, hib) in &rows {
         let c = metric(Kind::Confab, f.as_ref());
         let n = metric(Kind::ConfabNomam, f.as_ref());
         let j = metric(Kind::ConfabNoinbox, f.as_ref());
+        let l = metric(Kind::ConfabNolinks, f.as_ref());
         let p = metric(Kind::Prosody, f.as_ref());
         let e = metric(Kind::Ejabberd, f.as_ref());
         println!(
-            "| {:<32} | {:>10} | {:>10} | {:>10} | {:>10} | {:>10} | {:>12} | {:>13} |",
+            "| {:<32} | {:>10} | {:>10} | {:>10} | {:>10} | {:>10} | {:>10} | {:>12} | {:>13} |",
             name,
             cell(c, *prec),
             cell(n, *prec),
             cell(j, *prec),
+            cell(l, *prec),
             cell(p, *prec),
             cell(e, *prec),
             hib.map(|h| ratio(c, p, h)).unwrap_or_default(),
             hib.map(|h| ratio(c, e, h)).unwrap_or_default()
         );
     }
-    println!("(Confab: archive and journal on; no archive: Confab with [mam] enabled = false; no journal: Confab with [inbox] enabled = false; ratios are Confab with both on against the peer)");
+    println!("(Confab: archive and journal on; no archive: Confab with [mam] enabled = false; no journal: Confab with [inbox] enabled = false; no links: Confab with [links] enabled = false; ratios are Confab with both on against the peer)");
     for r in results {
         let f = &r.features;
         let sm = r
@@ -857,12 +866,14 @@ async fn main() {
             Which::Confab => &[Kind::Confab],
             Which::ConfabNomam => &[Kind::ConfabNomam],
             Which::ConfabNoinbox => &[Kind::ConfabNoinbox],
+            Which::ConfabNolinks => &[Kind::ConfabNolinks],
             Which::Prosody => &[Kind::Prosody],
             Which::Ejabberd => &[Kind::Ejabberd],
             Which::All => &[
                 Kind::Confab,
                 Kind::ConfabNomam,
                 Kind::ConfabNoinbox,
+                Kind::ConfabNolinks,
                 Kind::Prosody,
                 Kind::Ejabberd,
             ],

@@ -22,6 +22,8 @@ pub enum Kind {
     ConfabNomam,
     /// Confab with `[inbox] enabled = false` (the archive on).
     ConfabNoinbox,
+    /// Confab with `[links] enabled = false` (archive and journal on).
+    ConfabNolinks,
     Prosody,
     Ejabberd,
 }
@@ -32,6 +34,7 @@ impl Kind {
             Kind::Confab => "confab",
             Kind::ConfabNomam => "confab-nomam",
             Kind::ConfabNoinbox => "confab-noinbox",
+            Kind::ConfabNolinks => "confab-nolinks",
             Kind::Prosody => "prosody",
             Kind::Ejabberd => "ejabberd",
         }
@@ -39,7 +42,9 @@ impl Kind {
 
     pub fn domain(self) -> &'static str {
         match self {
-            Kind::Confab | Kind::ConfabNomam | Kind::ConfabNoinbox => "confab.test",
+            Kind::Confab | Kind::ConfabNomam | Kind::ConfabNoinbox | Kind::ConfabNolinks => {
+                "confab.test"
+            }
             Kind::Prosody => "prosody.test",
             Kind::Ejabberd => "ejabberd.test",
         }
@@ -48,7 +53,7 @@ impl Kind {
     /// The group-chat service's domain (each server's default).
     pub fn muc_domain(self) -> String {
         match self {
-            Kind::Confab | Kind::ConfabNomam | Kind::ConfabNoinbox => {
+            Kind::Confab | Kind::ConfabNomam | Kind::ConfabNoinbox | Kind::ConfabNolinks => {
                 format!("rooms.{}", self.domain())
             }
             Kind::Prosody | Kind::Ejabberd => format!("conference.{}", self.domain()),
@@ -57,7 +62,9 @@ impl Kind {
 
     fn ip(self) -> &'static str {
         match self {
-            Kind::Confab | Kind::ConfabNomam | Kind::ConfabNoinbox => "127.0.0.10",
+            Kind::Confab | Kind::ConfabNomam | Kind::ConfabNoinbox | Kind::ConfabNolinks => {
+                "127.0.0.10"
+            }
             Kind::Prosody => "127.0.0.11",
             Kind::Ejabberd => "127.0.0.12",
         }
@@ -79,6 +86,13 @@ impl Kind {
             },
             Kind::ConfabNoinbox => Features {
                 archive: "built in (XEP-0313), no journal ([inbox] enabled = false)",
+                carbons: "built in (XEP-0280)",
+                stream_management: "built in (XEP-0198)",
+                offline: "on",
+                storage: "sled, fsync before ack",
+            },
+            Kind::ConfabNolinks => Features {
+                archive: "built in (XEP-0313), no link references ([links] enabled = false)",
                 carbons: "built in (XEP-0280)",
                 stream_management: "built in (XEP-0198)",
                 offline: "on",
@@ -347,7 +361,7 @@ impl Running {
             ));
         }
         match kind {
-            Kind::Confab | Kind::ConfabNomam | Kind::ConfabNoinbox => {
+            Kind::Confab | Kind::ConfabNomam | Kind::ConfabNoinbox | Kind::ConfabNolinks => {
                 let bin = confab_binary()?;
                 let certs = work.join("certs");
                 let out = Command::new(peers_dir().join("cert.sh"))
@@ -371,11 +385,12 @@ impl Running {
                          [tls]\ncert = \"{certs}/{domain}.crt\"\nkey = \"{certs}/{domain}.key\"\n\
                          [limits]\nc2s_bytes_per_sec = 104857600\nsession_queue = 8192\nmax_connections_per_ip = 0\n\
                          auth_failures_per_ip = 1000000\nnegotiation_timeout_secs = 120\n\
-                         [mam]\nenabled = {mam}\n[inbox]\nenabled = {inbox}\n\
+                         [mam]\nenabled = {mam}\n[inbox]\nenabled = {inbox}\n[links]\nenabled = {links}\n\
                          [s2s]\ninsecure_domains = [\"prosody.test\", \"ejabberd.test\"]\n\
                          [log]\nlevel = \"warn\"\n",
                         mam = kind != Kind::ConfabNomam,
                         inbox = kind != Kind::ConfabNoinbox,
+                        links = kind != Kind::ConfabNolinks,
                         domain = kind.domain(),
                         data = data.display(),
                         addr = kind.addr(),
@@ -418,7 +433,7 @@ impl Running {
         let kind = self.kind;
         let work = self.work.clone();
         match kind {
-            Kind::Confab | Kind::ConfabNomam | Kind::ConfabNoinbox => {
+            Kind::Confab | Kind::ConfabNomam | Kind::ConfabNoinbox | Kind::ConfabNolinks => {
                 let cfg = work.join("confab.toml");
                 *self = spawn_confab(kind, work, confab_binary()?, &cfg).await?;
             }
@@ -436,7 +451,9 @@ impl Running {
     /// ejabberd.
     pub fn storage_dir(&self) -> PathBuf {
         match self.kind {
-            Kind::Confab | Kind::ConfabNomam | Kind::ConfabNoinbox => self.work.join("data"),
+            Kind::Confab | Kind::ConfabNomam | Kind::ConfabNoinbox | Kind::ConfabNolinks => {
+                self.work.join("data")
+            }
             Kind::Prosody => self.work.join("peers/prosody/data/prosody%2etest"),
             Kind::Ejabberd => self.work.join("peers/ejabberd/spool"),
         }
